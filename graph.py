@@ -91,8 +91,8 @@ class Absorbing(Graph):
         out[..., self.mask] = score[..., self.mask] - torch.expm1(delta_sigma[..., 0]) * score[..., : self.mask].sum(-1)
         return out
 
-    def sample_transition(self, x0, sigma):
-        move = torch.rand(x0.shape, device=x0.device) < -torch.expm1(-sigma)
+    def sample_transition(self, x0, sigma, generator=None):
+        move = torch.rand(x0.shape, device=x0.device, generator=generator) < -torch.expm1(-sigma)
         return torch.where(move, self.mask, x0)
 
     def sample_limit(self, *shape, device=None):
@@ -145,10 +145,11 @@ class Uniform(Graph):
         delta_sigma = delta_sigma.unsqueeze(-1)
         return score * torch.exp(delta_sigma) - torch.expm1(delta_sigma) * score.sum(-1, keepdim=True) / self.dim
 
-    def sample_transition(self, x0, sigma):
+    def sample_transition(self, x0, sigma, generator=None):
         # With probability 1 - e^{-sigma} the token is redrawn uniformly (possibly itself).
-        move = torch.rand(x0.shape, device=x0.device) < -torch.expm1(-sigma)
-        return torch.where(move, torch.randint_like(x0, self.dim), x0)
+        move = torch.rand(x0.shape, device=x0.device, generator=generator) < -torch.expm1(-sigma)
+        redraw = torch.randint(self.dim, x0.shape, device=x0.device, generator=generator)
+        return torch.where(move, redraw, x0)
 
     def sample_limit(self, *shape, device=None):
         return torch.randint(self.dim, shape, device=device)

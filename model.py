@@ -1,0 +1,315 @@
+"""The score network: a transformer s_theta(x_t, sigma_bar) -> log concrete scores.
+
+For every position i and every token y it outputs log s_theta(x_t, sigma_bar)[i, y], the
+estimate of log p_t(x_t with position i set to y) / p_t(x_t): one vector of ratios per
+position (the concrete score, paper Sec. 3). This file knows nothing else about diffusion.
+
+Architecture (paper Sec. 5 and App. C): the diffusion transformer of Peebles & Xie (DiT) on
+tokens: an encoder-only (non-causal) transformer with rotary position embeddings, whose
+LayerNorms are shifted, scaled and gated by the noise level through adaLN-zero. It is
+conditioned on the total noise sigma_bar, not on t. The output follows the official release's
+"scale by sigma" (absorbing graph only; App. C: "scaling by e^sigma - 1 helps"): the network's
+output is divided by (e^sigma - 1)(dim - 1), i.e. that log is subtracted, so that the
+zero-initialised network starts with the exact score, at MASK positions, of data whose
+tokens are uniform over the dim - 1 clean ones.
+
+Module and parameter names are the official release's (vocab_embed.embedding, sigma_map.mlp,
+rotary_emb.inv_freq, blocks.i.attn_qkv, ..., output_layer.linear), so the checkpoints
+louaaron/sedd-small and -medium load with load_state_dict and no name-mapping table.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # optional CUDA kernels (pip install flash-attn); PyTorch SDPA is used everywhere else
+    from flash_attn import flash_attn_varlen_qkvpacked_func
+except ImportError:
+    flash_attn_varlen_qkvpacked_func = None
+
+
+@dataclass
+class SEDDConfig:
+    vocab_size: int = 50258      # the graph's dim: for absorbing it includes MASK
+    n_embd: int = 768
+    cond_dim: int = 128          # width of the sigma conditioning vector c
+    n_layer: int = 12
+    n_head: int = 12
+    block_size: int = 1024       # training length; rotary has no position table, so not a hard limit
+    dropout: float = 0.1         # the paper's; 0 for tiny runs
+    scale_by_sigma: bool = True  # absorbing graph only
+    cond_sigma: bool = True      # False: a sigma-free network (see SEDD.forward)
+
+    @classmethod
+    def small(cls, vocab_size=50258, **kw):
+        return cls(**{**dict(vocab_size=vocab_size, n_embd=768, n_layer=12, n_head=12,
+                             block_size=1024, cond_dim=128), **kw})
+
+    @classmethod
+    def medium(cls, vocab_size=50258, **kw):
+        return cls(**{**dict(vocab_size=vocab_size, n_embd=1024, n_layer=24, n_head=16,
+                             block_size=1024, cond_dim=128), **kw})
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a weight and no bias, normalised in float32 even under autocast."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.layer_norm(x.float(), (x.shape[-1],)).type_as(x) * self.weight
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class EmbeddingLayer(nn.Module):
+    """Token embedding as a raw [vocab, H] parameter (the official name is .embedding)."""
+
+    def __init__(self, vocab_size, dim):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty(vocab_size, dim))
+        nn.init.uniform_(self.embedding, -dim ** -0.5, dim ** -0.5)
+
+    def forward(self, x):
+        return F.embedding(x, self.embedding)
+
+
+class TimestepEmbedder(nn.Module):
+    """sigma_bar -> 256 sinusoidal features (cos half, then sin; periods up to 10000) -> MLP."""
+
+    def __init__(self, cond_dim, n_freq=256):
+        super().__init__()
+        self.n_freq = n_freq
+        self.mlp = nn.Sequential(nn.Linear(n_freq, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, sigma):
+        half = self.n_freq // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half)
+        args = sigma[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class Rotary(nn.Module):
+    """cos and sin tables of rotary embeddings (base 10000, full head dimension)."""
+
+    def __init__(self, head_dim, base=10000):
+        super().__init__()
+        # persistent because the official state dict carries it
+        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim)))
+
+    def forward(self, seq_len):
+        t = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq.float())
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [L, 1, 1, head_dim]
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate pairs (d, d + head_dim/2) by position * inv_freq[d] (GPT-NeoX half-split layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def attention(qkv):
+    """Non-causal multi-head attention: qkv [B, L, 3, n_head, head_dim] -> [B, L, n_head * head_dim]."""
+    B, L, _, nh, hd = qkv.shape
+    use_flash = flash_attn_varlen_qkvpacked_func is not None and qkv.is_cuda
+    if use_flash and qkv.dtype in (torch.float16, torch.bfloat16):
+        # the official call: sequences packed end to end, here all of length L
+        cu_seqlens = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device=qkv.device)
+        out = flash_attn_varlen_qkvpacked_func(qkv.reshape(B * L, 3, nh, hd), cu_seqlens, L, 0.0, causal=False)
+    else:
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, n_head, L, head_dim]
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    return out.reshape(B, L, nh * hd)
+
+
+class DDiTBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        H = config.n_embd
+        self.n_head = config.n_head
+        self.norm1 = LayerNorm(H)
+        self.attn_qkv = nn.Linear(H, 3 * H, bias=False)  # rows Q | K | V
+        self.attn_out = nn.Linear(H, H, bias=False)
+        self.norm2 = LayerNorm(H)
+        self.mlp = nn.Sequential(nn.Linear(H, 4 * H), nn.GELU(approximate="tanh"), nn.Linear(4 * H, H))
+        self.dropout = nn.Dropout(config.dropout)
+        # adaLN-zero: zero gates make every block the identity at initialisation
+        self.adaLN_modulation = nn.Linear(config.cond_dim, 6 * H)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x, c, cos, sin):
+        B, L, H = x.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
+            self.adaLN_modulation(c)[:, None].chunk(6, dim=2)  # each [B, 1, H]
+        qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa))
+        qkv = qkv.view(B, L, 3, self.n_head, H // self.n_head)
+        qk = apply_rotary(qkv[:, :, :2], cos.to(qkv.dtype), sin.to(qkv.dtype))  # v is not rotated
+        qkv = torch.cat([qk, qkv[:, :, 2:]], dim=2)
+        x = x + gate_msa * self.dropout(self.attn_out(attention(qkv)))
+        x = x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x
+
+
+class DDitFinalLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        H = config.n_embd
+        self.norm_final = LayerNorm(H)
+        self.linear = nn.Linear(H, config.vocab_size)
+        self.adaLN_modulation = nn.Linear(config.cond_dim, 2 * H)
+        # zero output at initialisation: the score is then exactly the scale_by_sigma prior
+        for p in (*self.linear.parameters(), *self.adaLN_modulation.parameters()):
+            nn.init.zeros_(p)
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SEDD(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.vocab_embed = EmbeddingLayer(config.vocab_size, config.n_embd)
+        if config.cond_sigma:
+            self.sigma_map = TimestepEmbedder(config.cond_dim)
+        self.rotary_emb = Rotary(config.n_embd // config.n_head)
+        self.blocks = nn.ModuleList(DDiTBlock(config) for _ in range(config.n_layer))
+        self.output_layer = DDitFinalLayer(config)
+
+    def forward(self, x_t, sigma):
+        """x_t [B, L] int64, sigma = sigma_bar [B] or [B, 1] -> log_score [B, L, vocab_size] float32."""
+        B, L = x_t.shape
+        sigma = sigma.float().reshape(-1).expand(B)
+        x = self.vocab_embed(x_t)
+        if self.config.cond_sigma:
+            # float32 as in the official release, whose autocast covers only the blocks
+            with torch.autocast(x.device.type, enabled=False):
+                c = F.silu(self.sigma_map(sigma))
+        else:
+            # Sigma-free network (Ou et al. 2024: the absorbing score is a sigma-dependent scalar
+            # times a sigma-free conditional of the clean tokens). The adaLN layers keep their
+            # shapes but see c = 0, so only their biases act: a learned constant shift, scale and
+            # gate per block, with the same adaLN-zero start. Their weights get zero gradient and
+            # stay zero. The output before the scale_by_sigma shift then depends on x_t only, so a
+            # sampler may reuse it while x_t does not change and only recompute the shift.
+            c = x.new_zeros(B, self.config.cond_dim)
+        cos, sin = self.rotary_emb(L)
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        x = self.output_layer(x, c).float()  # float32: the loss needs the precision
+        if self.config.scale_by_sigma:
+            # log((e^sigma - 1)(dim - 1)) with expm1 for small sigma; the exact sigma factor of
+            # the absorbing score, kept by sigma-free networks too
+            x = x - torch.expm1(sigma).log()[:, None, None] - math.log(self.config.vocab_size - 1)
+        return x.scatter(-1, x_t[..., None], 0.0)  # log of the ratio of x_t to itself
+
+    def num_params(self, non_embedding=False):
+        """Parameters (not buffers); non_embedding leaves out the token embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.vocab_embed.embedding.numel() if non_embedding else n
+
+    def estimate_flops_per_token(self):
+        """Training FLOPs per token = 6 N + 12 n_layer n_embd block_size (GUIDE sec. 6).
+
+        N counts the per-token path: qkv, attention out, MLP, LayerNorm weights and the output
+        linear; not the input embedding (a lookup), nor the adaLN layers or sigma_map (once per
+        sequence). The second term is attention's q k^T and (softmax) v, forward and backward.
+        """
+        mods = [m for b in self.blocks for m in (b.norm1, b.attn_qkv, b.attn_out, b.norm2, b.mlp)]
+        mods += [self.output_layer.norm_final, self.output_layer.linear]
+        N = sum(p.numel() for m in mods for p in m.parameters())
+        c = self.config
+        return 6 * N + 12 * c.n_layer * c.n_embd * c.block_size
+
+    # ---- checkpoints in the official Hugging Face layout: config.json + weights ----
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir):
+        """Load an SEDD checkpoint from a local directory or a hub id such as louaaron/sedd-small.
+
+        Returns the model in eval mode, with the diffusion it was trained for as attributes
+        model.graph_name ("absorb" | "uniform") and model.noise_name ("loglinear" | "geometric");
+        build them with get_graph(model.graph_name, n_tokens) and get_noise(model.noise_name),
+        where n_tokens = vocab_size - 1 for absorb (MASK excluded), else vocab_size.
+        """
+        path = _checkpoint_dir(name_or_dir)
+        cfg_file = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_file):
+            raise FileNotFoundError(f"{path} is not an SEDD checkpoint: it has no config.json")
+        with open(cfg_file) as f:
+            hf = json.load(f)
+        try:
+            graph, noise, m = hf["graph"]["type"], hf["noise"]["type"], hf["model"]
+            if graph not in ("absorb", "uniform"):
+                raise ValueError(f"{cfg_file}: unknown graph.type {graph!r}")
+            config = SEDDConfig(vocab_size=hf["tokens"] + (graph == "absorb"), n_embd=m["hidden_size"],
+                                cond_dim=m["cond_dim"], n_layer=m["n_blocks"], n_head=m["n_heads"],
+                                block_size=m["length"], dropout=m["dropout"],
+                                scale_by_sigma=m["scale_by_sigma"], cond_sigma=m.get("cond_sigma", True))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{cfg_file} is not an SEDD config (missing or malformed entry {e})") from None
+        st_file, pt_file = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+        if os.path.isfile(st_file):
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise ImportError(f"{st_file} needs the safetensors package: pip install safetensors") from None
+            state = load_file(st_file)
+        elif os.path.isfile(pt_file):
+            state = torch.load(pt_file, map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin")
+        model = cls(config)
+        try:
+            model.load_state_dict(state)  # strict: every name and shape must match
+        except RuntimeError as e:
+            raise RuntimeError(f"the weights in {path} do not match its config.json:\n{e}") from None
+        model.graph_name, model.noise_name = graph, noise
+        return model.eval()
+
+    def save_pretrained(self, out_dir, graph_name, noise_name):
+        """Write config.json + pytorch_model.bin in the layout from_pretrained reads."""
+        if graph_name not in ("absorb", "uniform"):
+            raise ValueError(f"graph_name must be 'absorb' or 'uniform', not {graph_name!r}")
+        c = self.config
+        hf = {"tokens": c.vocab_size - (graph_name == "absorb"),
+              "graph": {"type": graph_name}, "noise": {"type": noise_name},
+              "model": {"hidden_size": c.n_embd, "cond_dim": c.cond_dim, "length": c.block_size,
+                        "n_blocks": c.n_layer, "n_heads": c.n_head, "scale_by_sigma": c.scale_by_sigma,
+                        "dropout": c.dropout, "cond_sigma": c.cond_sigma}}
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+        torch.save(self.state_dict(), os.path.join(out_dir, "pytorch_model.bin"))
+
+
+def _checkpoint_dir(name_or_dir):
+    """A local directory as is; an 'owner/name' hub id downloaded (cached) by huggingface_hub."""
+    name_or_dir = os.path.expanduser(os.fspath(name_or_dir))
+    if os.path.isdir(name_or_dir):
+        return name_or_dir
+    if os.path.exists(name_or_dir) or name_or_dir.startswith((".", "/")) or name_or_dir.count("/") != 1:
+        raise FileNotFoundError(f"{name_or_dir!r} is neither a checkpoint directory "
+                                "nor a hub id like louaaron/sedd-small")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ImportError(f"{name_or_dir!r} is not a local directory; to download it from the Hugging Face "
+                          "hub: pip install huggingface_hub safetensors") from None
+    # one weights file only: prefer safetensors, fall back to the .bin of older uploads
+    path = snapshot_download(name_or_dir, allow_patterns=["config.json", "model.safetensors"])
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        path = snapshot_download(name_or_dir, allow_patterns=["config.json", "pytorch_model.bin"])
+    return path

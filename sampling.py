@@ -1,0 +1,298 @@
+"""Sampling: simulate the reverse CTMC with the learned concrete score (paper Section 4).
+
+The forward process noises every token independently (graph.py); its time reversal has rates
+Q_t(y, x) p_t(y) / p_t(x) (Def. 3.5), and p_t(y) / p_t(x) is exactly what the network learned
+(the concrete score s_theta, model.py). We start at the base distribution at t = 1 (all MASK
+for the absorbing graph, uniform tokens for the uniform one) and step t down to eps on the
+grid linspace(1, eps, steps + 1), updating EVERY position at once in each step (tau-leaping):
+
+- Euler, Eq. 17: x^i moves to y with probability dsigma(t) dt Q[x^i, y] s_{i,y}.
+- Tweedie ("analytic"), Eq. 19: p(y) = (exp(-delta_sigma Q) s_i)_y exp(delta_sigma Q)[x^i, y],
+  with delta_sigma = sigma_bar(t) - sigma_bar(t - dt). With the true score it is the best
+  tau-leaping step there is (Thm 4.2); for absorbing + log-linear noise the two coincide.
+- A final Tweedie step from t = eps to noise 0 (Thm 4.1) removes the leftover noise; for the
+  absorbing graph it cannot output MASK.
+
+Infilling (Algorithm 3): the score is unconditional, but by Bayes' rule its ratios between
+sequences that agree on the prompt are the conditional ones (Section 4.2), so clamping the
+prompt tokens after every update samples the free positions conditionally. For the absorbing
+graph this is exact in the limit of small steps (a noised prompt token is itself or MASK, so a
+clean one conditions on exactly the clean value); for the uniform graph the truly noised
+prompt would have moved, and clamping clean tokens is an approximation.
+
+For a sigma-free absorbing network (model.py, cond_sigma=False) the score is a network output
+that depends on x_t only, shifted by an exact function of sigma; steps that change no token
+then need no new network evaluation (ScoreFn below). With many steps most are skipped.
+
+    python sampling.py --ckpt out/text8_tiny --steps 256 --prefix "the king" --show_steps 4
+    python sampling.py --pretrained louaaron/sedd-small --length 128 --suffix " the end."
+"""
+import argparse
+import itertools
+import math
+import os
+
+import torch
+
+from graph import Absorbing, get_graph
+from model import SEDD
+from noise import get_noise
+from prepare import get_tokenizer, load_meta
+
+
+def sample_categorical(probs, dtype=torch.float64):
+    """One draw per row of the last axis, with probability proportional to max(probs, 0).
+
+    Negative entries (an Euler step with dsigma dt too large, an imperfect score in Eq. 19)
+    are clamped to 0 as in Algorithm 2's note. The draw is an exponential race: argmax_y
+    p_y / E_y with E_y ~ Exp(1) i.i.d. picks y with probability p_y / sum(p) (the same as
+    Gumbel-max on log p), so rows need no normalisation.
+
+    Why float64: float32 torch.rand returns multiples of 2^-24, so E = -log(u) has nothing in
+    (0, 6e-8) and is coarsely quantised just above it. A token whose probability is below
+    ~6e-8 / E_lead times the leading token's can then never win, and tokens near that ratio win
+    too rarely. Many-step absorbing sampling lives in exactly this regime: per step a masked
+    position leaves MASK with probability ~dt / t (1e-3 for 1024 steps), shared among 50k
+    tokens, i.e. ratios ~1e-8 to MASK. float32 noise thus truncates the tail of every
+    unmasking draw: a lower effective temperature, which lowers generative perplexity without
+    better samples (Zheng et al. 2024, arXiv:2409.02908). In float64 the floor is 1e-16.
+    """
+    probs = probs.to(dtype).clamp(min=0)
+    # u > 0 keeps E finite, so a zero-probability token can never win (0 / E = 0). In place:
+    # these are [B, L, vocab] tensors, 3.3 GB each in float64 for 8 x 1024 GPT-2 tokens.
+    u = torch.rand(probs.shape, dtype=dtype, device=probs.device).clamp_(min=torch.finfo(dtype).tiny)
+    return probs.div_(u.log_().neg_()).argmax(-1)
+
+
+class ScoreFn:
+    """Calls the network and counts its evaluations (forward passes and sequences).
+
+    Cache (issue 4): a sigma-free network (model.config.cond_sigma == False) computes
+    log s = f(x_t) - shift(sigma), then sets the entry of the input token to 0, where
+    shift = log(e^sigma - 1) + log(dim - 1) for scale_by_sigma (the exact sigma factor of the
+    absorbing score) and 0 otherwise. f(x_t) of a sequence that did not change since its last
+    evaluation is the same, so we keep f + shift(sigma_then) and re-apply the new shift: exact
+    up to float rounding, not an approximation. Only rows that changed go through the network.
+    A sigma-conditioned network (the official checkpoints, an exact score) is always called.
+    """
+
+    def __init__(self, model, graph, cache=True):
+        config = getattr(model, "config", None)
+        self.model, self.dim = model, graph.dim
+        self.cache = cache and config is not None and getattr(config, "cond_sigma", True) is False
+        self.scale = self.cache and config.scale_by_sigma
+        self.x = self.f = None  # the tokens of the last evaluation and f(x) + shift there
+        self.calls = self.sequences = 0
+
+    def shift(self, sigma):
+        if not self.scale:
+            return torch.zeros_like(sigma)[:, None, None]
+        return (torch.expm1(sigma).log() + math.log(self.dim - 1))[:, None, None]
+
+    def network(self, x, sigma):
+        self.calls += 1
+        self.sequences += x.shape[0]
+        return self.model(x, sigma)
+
+    def __call__(self, x, sigma):
+        """x [B, L], sigma [B] -> log_score [B, L, dim]."""
+        if not self.cache:
+            return self.network(x, sigma)
+        stale = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if self.x is None else (x != self.x).any(-1)
+        if stale.any():
+            f = self.network(x[stale], sigma[stale]).to(sigma.dtype) + self.shift(sigma[stale])
+            if self.f is None:
+                self.f = f
+            else:
+                self.f[stale] = f
+            self.x = x.clone()
+        return (self.f - self.shift(sigma)).scatter(-1, x[..., None], 0.0)
+
+
+def tweedie_probs(graph, score, x, delta_sigma):
+    """Eq. 19: (exp(-delta_sigma Q) s)_y exp(delta_sigma Q)[x, y], per position. [B, L, dim]"""
+    return graph.staggered_score(score, delta_sigma) * graph.transp_transition(x, delta_sigma)
+
+
+@torch.no_grad()
+def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, denoise=True,
+           prompt=None, dtype=torch.float64, device="cpu", cache=True, callback=None, stats=None):
+    """Draw sequences x [B, L] (int64) from the reverse diffusion (Algorithms 2 and 3).
+
+    model: any callable (x_t [B, L], sigma_bar [B]) -> log_score [B, L, dim], e.g. an SEDD in
+        eval mode. predictor: "analytic" (Tweedie, Eq. 19) or "euler" (Eq. 17).
+    prompt: {position: token} clamped in every sequence (prefix, suffix, middle, scattered);
+        those positions come out bit-identical. See text_prompt for text.
+    dtype: of the probabilities and the categorical noise (float64: see sample_categorical).
+    cache: reuse the output of a sigma-free network for unchanged sequences (ScoreFn).
+    callback(step, x): called after each of the `steps` updates, e.g. to print progress.
+    stats: a dict, filled with steps, network_evals (forward passes) and sequence_evals
+        (sequences through the network; B per pass without the cache).
+    With denoise=False the output may still hold MASK tokens.
+    """
+    if predictor not in ("analytic", "euler"):
+        raise ValueError(f"predictor must be 'analytic' or 'euler', not {predictor!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, not {steps}")
+    B, L = shape
+    positions, tokens = prompt_tensors(prompt, graph, L, device)
+
+    def clamp(x):  # Algorithm 3: the prompt positions keep their tokens
+        x[:, positions] = tokens
+        return x
+
+    score_fn = ScoreFn(model, graph, cache)
+    t = torch.linspace(1, eps, steps + 1, dtype=dtype, device=device)
+    x = clamp(graph.sample_limit(B, L, device=device))
+    for k in range(steps):
+        sigma, dsigma = noise(t[k])
+        score = score_fn(x, sigma.expand(B)).to(dtype).exp()
+        if predictor == "euler":
+            # Eq. 17: delta_x + dt Q_t(x, .) s with Q_t = dsigma Q (reverse_rate is at unit rate)
+            probs = graph.one_hot(x, score) + dsigma * (t[k] - t[k + 1]) * graph.reverse_rate(x, score)
+        else:
+            delta_sigma = (sigma - noise(t[k + 1])[0]).expand(B, 1)
+            probs = tweedie_probs(graph, score, x, delta_sigma)
+        x = clamp(sample_categorical(probs, dtype))
+        if callback is not None:
+            callback(k + 1, x)
+    if denoise:
+        # Thm 4.1 from sigma_bar(eps) to 0: the true denoiser for the exact score. MASK has no
+        # data mass, so its column is dropped (~0 for the exact score, not for a learned one).
+        sigma = noise(t[-1])[0].expand(B)
+        score = score_fn(x, sigma).to(dtype).exp()
+        probs = tweedie_probs(graph, score, x, sigma[:, None])
+        if isinstance(graph, Absorbing):
+            probs = probs[..., : graph.mask]
+        x = clamp(sample_categorical(probs, dtype))
+    if stats is not None:
+        stats.update(steps=steps, network_evals=score_fn.calls, sequence_evals=score_fn.sequences)
+    return x
+
+
+def prompt_tensors(prompt, graph, length, device):
+    """{position: token} -> (positions, tokens) LongTensors, checked against the sequence."""
+    prompt = dict(prompt or {})
+    for pos, tok in prompt.items():
+        if not 0 <= pos < length:
+            raise ValueError(f"prompt position {pos} is outside the sequence of length {length}")
+        if not 0 <= tok < graph.n_tokens:
+            raise ValueError(f"prompt token {tok} at position {pos} is not one of the {graph.n_tokens} tokens")
+    positions = torch.tensor(list(prompt), dtype=torch.long, device=device)
+    return positions, torch.tensor(list(prompt.values()), dtype=torch.long, device=device)
+
+
+def text_prompt(encode, length, prefix="", suffix="", spans=None):
+    """A prompt {position: token} from text: prefix from position 0, suffix ending at position
+    length - 1, spans {start: text} anywhere else (encode: str -> list of token ids)."""
+    pieces = [("prefix", 0, encode(prefix))] if prefix else []
+    if suffix:
+        ids = encode(suffix)
+        pieces.append(("suffix", length - len(ids), ids))
+    pieces += [(f"text at position {start}", start, encode(text)) for start, text in (spans or {}).items()]
+    total = sum(len(ids) for _, _, ids in pieces)
+    if total > length:
+        parts = ", ".join(f"{name} {len(ids)}" for name, _, ids in pieces)
+        raise ValueError(f"the prompt has {total} tokens ({parts}) but the sequence has length {length}")
+    prompt = {}
+    for name, start, ids in pieces:
+        if start < 0 or start + len(ids) > length:
+            raise ValueError(f"the {name} ({len(ids)} tokens) does not fit in a sequence of length {length}")
+        for pos, tok in enumerate(ids, start):
+            if pos in prompt:
+                raise ValueError(f"the {name} overlaps another part of the prompt at position {pos}")
+            prompt[pos] = tok
+    return prompt
+
+
+def render(ids, decode, mask=None):
+    """Text of a token list with every MASK shown as '_' (tokenizers know no MASK)."""
+    return "".join("_" * len(list(run)) if is_mask else decode(list(run))
+                   for is_mask, run in itertools.groupby(ids, key=lambda i: i == mask))
+
+
+# -----------------------------------------------------------------------------
+
+def fail(msg):
+    # mistakes a user can fix end in one readable line, not a traceback
+    raise SystemExit(f"sampling.py: error: {msg}")
+
+
+def auto_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def main(argv=None):
+    """The CLI; returns the decoded samples."""
+    parser = argparse.ArgumentParser(description="Sample text from an SEDD model (Algorithms 2 and 3).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="a training output directory: config.json, pytorch_model.bin, meta.json")
+    source.add_argument("--pretrained", help="a hub id such as louaaron/sedd-small, or a local directory in that layout")
+    parser.add_argument("--steps", type=int, default=128)
+    parser.add_argument("--predictor", choices=["analytic", "euler"], default="analytic")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--length", type=int, help="tokens per sample (default: the model's block_size)")
+    parser.add_argument("--prefix", default="", help="text the samples start with")
+    parser.add_argument("--suffix", default="", help="text the samples end with")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
+    parser.add_argument("--show_steps", type=int, default=0, help="print the first sample at this many intermediate steps")
+    args = parser.parse_args(argv)
+
+    path = args.ckpt or args.pretrained
+    if args.ckpt and not os.path.isdir(args.ckpt):
+        fail(f"no checkpoint directory {args.ckpt!r} (train.py writes one per run, e.g. out/text8_tiny)")
+    try:
+        model = SEDD.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        fail(e)
+    absorb = model.graph_name == "absorb"
+    n_tokens = model.config.vocab_size - absorb
+    graph, noise = get_graph(model.graph_name, n_tokens), get_noise(model.noise_name)
+    # a training run stores its dataset's meta.json; official checkpoints are GPT-2 BPE
+    local_meta = os.path.isfile(os.path.join(path, "meta.json"))
+    meta = load_meta(path) if local_meta else {"name": "GPT-2 BPE", "tokenizer": "gpt2", "n_tokens": 50257}
+    if meta["n_tokens"] != n_tokens:
+        fail(f"the model has {n_tokens} tokens but the tokenizer of {meta['name']} has {meta['n_tokens']}"
+             + ("" if local_meta else f" (no meta.json in {path}, so GPT-2 BPE was assumed)"))
+    try:
+        encode, decode = get_tokenizer(meta)
+    except RuntimeError as e:
+        fail(e)
+
+    length = args.length or model.config.block_size
+    if not 1 <= length <= model.config.block_size:
+        fail(f"--length {length} must be between 1 and the model's block_size {model.config.block_size}")
+    try:
+        prompt = text_prompt(encode, length, args.prefix, args.suffix)
+    except ValueError as e:  # also the tokenizer's: a character outside the vocabulary
+        fail(e)
+
+    device = auto_device() if args.device == "auto" else args.device
+    dtype = torch.float32 if str(device).startswith("mps") else torch.float64  # MPS has no float64
+    torch.manual_seed(args.seed)
+    model.to(device)
+    shown = {round(args.steps * k / (args.show_steps + 1)) for k in range(1, args.show_steps + 1)}
+
+    def show(step, x):
+        if step in shown:
+            print(f"step {step:>5}/{args.steps}: {render(x[0].tolist(), decode, graph.mask if absorb else None)}")
+
+    stats = {}
+    x = sample(model, graph, noise, (args.batch_size, length), args.steps, args.predictor,
+               prompt=prompt, dtype=dtype, device=device, callback=show, stats=stats)
+    texts = [decode(row) for row in x.tolist()]
+    for i, text in enumerate(texts):
+        print(f"---------- sample {i} ----------")
+        print(text)
+    print(f"---------- {args.steps} steps ({args.predictor}), {stats['network_evals']} network evaluations "
+          f"({stats['sequence_evals']} sequences), dtype {str(dtype)[6:]}, device {device}")
+    return texts
+
+
+if __name__ == "__main__":
+    main()
