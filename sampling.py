@@ -26,6 +26,11 @@ then need no new network evaluation (ScoreFn below). With many steps most are sk
 
     python sampling.py --ckpt out/text8_tiny --steps 256 --prefix "the king" --show_steps 4
     python sampling.py --pretrained louaaron/sedd-small --length 128 --suffix " the end."
+    python sampling.py --pretrained louaaron/sedd-small --steps 1024 --batch_size 8 --gen_ppl gpt2-large
+
+Sample quality (Section 5.2): generative_perplexity scores samples with a judge LM (GPT-2 large
+by default, through the optional transformers package); unigram_entropy exposes samples that
+flatter it by repetition.
 """
 import argparse
 import itertools
@@ -37,7 +42,7 @@ import torch
 from graph import Absorbing, get_graph
 from model import SEDD
 from noise import get_noise
-from prepare import get_tokenizer, load_meta
+from prepare import get_tokenizer, gpt2_encoding, load_meta
 
 
 def sample_categorical(probs, dtype=torch.float64):
@@ -205,6 +210,69 @@ def text_prompt(encode, length, prefix="", suffix="", spans=None):
     return prompt
 
 
+# -----------------------------------------------------------------------------
+# sample quality (paper Sec. 5.2): generative perplexity under a judge LM, unigram entropy
+
+@torch.no_grad()
+def generative_perplexity(texts, judge="gpt2-large", device="cpu", batch_size=8):
+    """Token-level perplexity of decoded samples under a judge causal LM (paper Sec. 5.2).
+
+    Convention: each text is retokenised with GPT-2's BPE (prepare.gpt2_encoding; the GPT-2
+    judges of every size share it, so no transformers tokenizer is downloaded) and the result is
+    exp(mean NLL over all predicted tokens of all texts). A text's first token has no context
+    and is not scored; a text longer than the judge's context is split into consecutive chunks
+    of that length, each scored on its own (so each chunk's first token is not scored either).
+    judge: a Hugging Face model id (downloaded by transformers) or a built causal LM, called as
+        judge(input_ids=..., attention_mask=...).logits, with config.n_positions (or
+        max_position_embeddings) as its context.
+    """
+    if isinstance(judge, str):
+        try:
+            from transformers import AutoModelForCausalLM
+        except ImportError:
+            raise ImportError("generative perplexity needs a judge model from the transformers package: "
+                              "pip install transformers") from None
+        judge = AutoModelForCausalLM.from_pretrained(judge)
+    judge = judge.to(device).eval()
+    context = getattr(judge.config, "n_positions", None) or judge.config.max_position_embeddings
+    enc = gpt2_encoding()
+    chunks = [ids[i:i + context] for text in texts
+              for ids in [enc.encode(text, allowed_special={"<|endoftext|>"})]
+              for i in range(0, len(ids), context)]
+    chunks = [c for c in chunks if len(c) > 1]  # a lone token predicts nothing
+    if not chunks:
+        raise ValueError("the texts have no token to score (each needs at least 2 GPT-2 tokens)")
+    nll, count = 0.0, 0
+    for i in range(0, len(chunks), batch_size):
+        batch = chunks[i:i + batch_size]
+        T = max(len(c) for c in batch)
+        ids = torch.tensor([c + [0] * (T - len(c)) for c in batch], device=device)  # right padding
+        mask = torch.tensor([[1] * len(c) + [0] * (T - len(c)) for c in batch], device=device)
+        logits = judge(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least float32
+        token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        scored = mask[:, 1:].bool()  # position j predicts token j + 1, if that one is real
+        nll += token_nll[scored].double().sum().item()
+        count += scored.sum().item()
+    return math.exp(nll / count)
+
+
+def unigram_entropy(token_ids):
+    """Entropy in nats of the empirical token distribution of a sample: -sum_v p_v log p_v with
+    p_v the frequency of token v in it. For a batch (a 2-D tensor or a list of lists) the mean
+    over samples of each one's entropy. Repetitive samples (low-temperature artefacts, which
+    also flatter generative perplexity) have a low entropy."""
+    rows = token_ids.tolist() if torch.is_tensor(token_ids) else list(token_ids)
+    if rows and not isinstance(rows[0], (list, tuple)) and not torch.is_tensor(rows[0]):
+        rows = [rows]
+    entropies = []
+    for row in rows:
+        _, counts = torch.unique(torch.as_tensor(row), return_counts=True)
+        p = counts.double() / counts.sum()
+        entropies.append(-(p * p.log()).sum().item())
+    return sum(entropies) / len(entropies)
+
+
 def render(ids, decode, mask=None):
     """Text of a token list with every MASK shown as '_' (tokenizers know no MASK)."""
     return "".join("_" * len(list(run)) if is_mask else decode(list(run))
@@ -241,6 +309,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
     parser.add_argument("--show_steps", type=int, default=0, help="print the first sample at this many intermediate steps")
+    parser.add_argument("--gen_ppl", nargs="?", const="gpt2-large", metavar="JUDGE",
+                        help="also print the generative perplexity of the samples under a judge LM "
+                             "(a Hugging Face id, default gpt2-large; needs transformers) and their unigram entropy")
     args = parser.parse_args(argv)
 
     path = args.ckpt or args.pretrained
@@ -291,6 +362,16 @@ def main(argv=None):
         print(text)
     print(f"---------- {args.steps} steps ({args.predictor}), {stats['network_evals']} network evaluations "
           f"({stats['sequence_evals']} sequences), dtype {str(dtype)[6:]}, device {device}")
+    if args.gen_ppl:
+        try:
+            ppl = generative_perplexity(texts, args.gen_ppl, device=device)
+        except (ImportError, OSError, ValueError, RuntimeError) as e:
+            fail(e)
+        print(f"generative perplexity {ppl:.2f} under {args.gen_ppl} (token level: samples decoded, retokenised "
+              f"with GPT-2 BPE, exp of the mean NLL over all predicted tokens; each sample's first token is not "
+              f"scored; samples longer than the judge's context are scored in separate chunks)")
+        print(f"unigram entropy {unigram_entropy(x):.3f} nats (the entropy of each sample's token "
+              f"distribution in the model's tokens, mean over the {len(texts)} samples)")
     return texts
 
 

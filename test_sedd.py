@@ -2,22 +2,51 @@
 
 Exact checks run in float64 against torch.linalg.matrix_exp and brute-force enumeration of
 all sequences (length <= 3, <= 6 tokens). Statistical checks compare Monte Carlo averages
-with their exact values at a few standard errors, with fixed seeds.
+with their exact values at a few standard errors, with fixed seeds. Models are float32: tests
+that build one take the float32 fixture. CPU only, no network; every corpus is test-written.
 """
+import contextlib
+import importlib.util
+import inspect
 import itertools
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+import model as M
+import prepare
+import sampling
+import train
 from graph import Absorbing, Uniform, get_graph
 from loss import elbo, loss_fn, prior_loss
+from model import SEDD, SEDDConfig
 from noise import GeometricNoise, LogLinearNoise, get_noise
+from sampling import sample, sample_categorical, text_prompt
 
 torch.set_default_dtype(torch.float64)
 GRAPHS = [Absorbing, Uniform]
 NOISES = [LogLinearNoise(), GeometricNoise()]
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def float32():
+    """The default dtype of models and training (this file's is float64), restored after the test."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
 
 
 def expm(graph, sigma):
@@ -304,3 +333,777 @@ def test_prior_kl_matches_enumeration():
     delta = math.exp(-3.0)
     base = torch.cat([torch.full((5,), delta / 5), torch.tensor([1 - delta])])  # leaky all-MASK
     assert absorbing.prior_kl(sigma).item() == pytest.approx(kl(p, base), rel=1e-12)
+
+
+# ---------------------------------------------------------------- model.py
+
+def tiny(**kw):
+    return SEDDConfig(**{**dict(vocab_size=11, n_embd=32, cond_dim=16, n_layer=2, n_head=4, block_size=8,
+                                dropout=0.0), **kw})
+
+
+def randomized(config, seed=0, std=0.2):
+    """A model with every parameter random, so that the zero-initialised paths matter too."""
+    torch.manual_seed(seed)
+    m = SEDD(config)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, std)
+    return m.eval()
+
+
+def batch(config):
+    x = torch.randint(0, config.vocab_size, (3, config.block_size), generator=torch.Generator().manual_seed(1))
+    return x, torch.tensor([1e-4, 0.5, 7.0])
+
+
+def not_input(x, vocab_size):
+    return ~F.one_hot(x, vocab_size).bool()
+
+
+@pytest.mark.parametrize("preset, expected", [("small", 169_627_218), ("medium", 424_477_010)])
+def test_official_parameter_counts(preset, expected, float32):
+    with torch.device("meta"):  # shapes only, no memory
+        m = SEDD(getattr(SEDDConfig, preset)())
+    c, H, V = m.config, m.config.n_embd, m.config.vocab_size
+    assert m.num_params() == expected and m.num_params(non_embedding=True) == expected - V * H
+    N = c.n_layer * (12 * H * H + 4 * H + H + 2 * H) + H + H * V + V
+    assert m.estimate_flops_per_token() == 6 * N + 12 * c.n_layer * H * c.block_size
+
+
+@pytest.mark.parametrize("sigma_2d", [False, True])
+def test_output_contract(sigma_2d, float32):
+    """Shape, dtype, 0 at the input token; exactly the scale_by_sigma prior at init; dropout in training only."""
+    c = tiny()
+    x, sigma = batch(c)
+    s = sigma[:, None] if sigma_2d else sigma
+    out = SEDD(c).eval()(x, s)
+    assert out.shape == (3, c.block_size, c.vocab_size) and out.dtype == torch.float32
+    off = not_input(x, c.vocab_size)
+    assert torch.equal(out[~off], torch.zeros(x.numel()))
+    prior = (-torch.expm1(sigma).log() - math.log(c.vocab_size - 1))[:, None, None].expand_as(out)
+    assert torch.equal(out[off], prior[off])  # zero init: -log(expm1(sigma)) - log(dim - 1)
+    assert torch.equal(SEDD(tiny(scale_by_sigma=False)).eval()(x, s), torch.zeros_like(out))
+    assert SEDD(c).vocab_embed.embedding.abs().max() <= c.n_embd ** -0.5  # the official uniform init
+    m = randomized(tiny(dropout=0.3))
+    out = m(x, s)
+    assert torch.isfinite(out).all() and out.abs().max() > 1.0 and torch.equal(out[~off], torch.zeros(x.numel()))
+    assert torch.equal(out, m(x, s))  # eval mode: deterministic
+    m.train()
+    assert not torch.allclose(m(x, s), m(x, s))
+
+
+def reference_forward(model, x, sigma):
+    """The official network written out from its state dict in float64 (GUIDE sec. 2 and 3b).
+    W pops each tensor by its official name: the state dict may hold no other."""
+    c, state = model.config, {k: v.double() for k, v in model.state_dict().items()}
+    W = state.pop
+    (B, L), H = x.shape, c.n_embd
+    hd = H // c.n_head
+    ln = lambda h, name: F.layer_norm(h, (H,)) * W(name)
+    lin = lambda h, name, bias=True: h @ W(name + ".weight").T + (W(name + ".bias") if bias else 0)
+    freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float64) / 128)
+    args = sigma.double()[:, None] * freqs
+    cond = F.silu(lin(F.silu(lin(torch.cat([args.cos(), args.sin()], -1), "sigma_map.mlp.0")), "sigma_map.mlp.2"))
+    angle = torch.arange(L, dtype=torch.float64)[:, None, None] * W("rotary_emb.inv_freq")  # [L, 1, hd/2]
+
+    def rot(t):  # rotate the pair (d, d + hd/2) by angle[d] (GPT-NeoX half-split layout)
+        t1, t2 = t.chunk(2, -1)
+        return torch.cat([t1 * angle.cos() - t2 * angle.sin(), t1 * angle.sin() + t2 * angle.cos()], -1)
+    h = W("vocab_embed.embedding")[x]
+    for i in range(c.n_layer):
+        p = f"blocks.{i}."
+        shift1, scale1, gate1, shift2, scale2, gate2 = lin(cond, p + "adaLN_modulation")[:, None].split(H, -1)
+        a = ln(h, p + "norm1.weight") * (1 + scale1) + shift1
+        q, k, v = lin(a, p + "attn_qkv", False).view(B, L, 3, c.n_head, hd).unbind(2)
+        att = torch.einsum("bihd,bjhd->bhij", rot(q), rot(k)).div(math.sqrt(hd)).softmax(-1)
+        h = h + gate1 * lin(torch.einsum("bhij,bjhd->bihd", att, v).reshape(B, L, H), p + "attn_out", False)
+        m = ln(h, p + "norm2.weight") * (1 + scale2) + shift2
+        h = h + gate2 * lin(F.gelu(lin(m, p + "mlp.0"), approximate="tanh"), p + "mlp.2")
+    shift, scale = lin(cond, "output_layer.adaLN_modulation")[:, None].split(H, -1)
+    out = lin(ln(h, "output_layer.norm_final.weight") * (1 + scale) + shift, "output_layer.linear")
+    if c.scale_by_sigma:
+        out = out - torch.expm1(sigma.double()).log()[:, None, None] - math.log(c.vocab_size - 1)
+    assert not state, f"not in the official network: {sorted(state)}"
+    return out.scatter(-1, x[..., None], 0.0)
+
+
+@pytest.mark.parametrize("scale_by_sigma, embed_scale", [(True, 1.0), (False, 1.0), (True, 1e-3)])
+def test_matches_written_out_official_forward(scale_by_sigma, embed_scale, float32):
+    """The whole network, SDPA attention included, against reference_forward's plain softmax."""
+    c = tiny(scale_by_sigma=scale_by_sigma)
+    m = randomized(c)
+    with torch.no_grad():  # a tiny embedding makes the LayerNorm eps (1e-5) matter
+        m.vocab_embed.embedding *= embed_scale
+    x, sigma = batch(c)
+    ref = reference_forward(m, x, sigma)
+    assert (m(x, sigma).double() - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def test_sdpa_matches_plain_softmax_attention(float32):
+    qkv = torch.randn(2, 7, 3, 4, 8, generator=torch.Generator().manual_seed(0))
+    q, k, v = qkv.unbind(2)  # [B, L, n_head, head_dim]
+    att = (torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(8)).softmax(-1)
+    ref = torch.einsum("bhij,bjhd->bihd", att, v).reshape(2, 7, 32)
+    assert (M.attention(qkv) - ref).abs().max() < 1e-5
+    assert (M.attention(qkv.bfloat16()).float() - ref).abs().max() < 3e-2  # the CPU bf16 path
+
+
+def test_rotary_logits_depend_only_on_relative_position(float32):
+    cos, sin = M.Rotary(16)(64)
+    q, k = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    rotated = lambda t, i: M.apply_rotary(t, cos[i, 0, 0], sin[i, 0, 0])
+    logit = lambda i, j: rotated(q, i) @ rotated(k, j)
+    for i, j, s in [(3, 10, 5), (20, 2, 40), (0, 0, 63), (9, 1, 17)]:
+        assert abs(logit(i, j) - logit(i + s, j + s)) < 1e-4
+    assert abs(logit(0, 5) - logit(5, 0)) > 1e-2  # but it does depend on the offset
+    assert torch.equal(M.Rotary(16).inv_freq, 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16))
+
+
+def official_config(c):
+    """config.json as the official release writes it (its whole hydra config)."""
+    return {"ngpus": 8, "tokens": c.vocab_size - 1, "graph": {"type": "absorb", "file": "data", "report_all": False},
+            "training": {"batch_size": 512, "accum": 1, "n_iters": 1300001, "ema": 0.9999},
+            "data": {"train": "openwebtext", "valid": "wikitext103", "cache_dir": "data"},
+            "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20}, "optim": {"lr": 3e-4, "warmup": 2500},
+            "model": {"name": "small", "type": "ddit", "hidden_size": c.n_embd, "cond_dim": c.cond_dim,
+                      "length": c.block_size, "n_blocks": c.n_layer, "n_heads": c.n_head,
+                      "scale_by_sigma": c.scale_by_sigma, "dropout": c.dropout}}
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors", "save_pretrained"])
+def test_checkpoint_round_trip(tmp_path, fmt, float32):
+    """The official layout (written here) and save_pretrained load back bit-for-bit."""
+    path = tmp_path / "ckpt"
+    if fmt == "save_pretrained":  # a uniform, sigma-free model
+        c, kinds = tiny(scale_by_sigma=False, cond_sigma=False), ("uniform", "geometric")
+        m = randomized(c, seed=3)
+        m.save_pretrained(path, *kinds)
+        assert json.loads((path / "config.json").read_text())["tokens"] == c.vocab_size
+    else:
+        c, kinds = tiny(dropout=0.1), ("absorb", "loglinear")
+        m = randomized(c)
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(official_config(c)))
+        if fmt == "bin":
+            torch.save(m.state_dict(), path / "pytorch_model.bin")
+        else:
+            pytest.importorskip("safetensors.torch").save_file(m.state_dict(), str(path / "model.safetensors"))
+    m2 = SEDD.from_pretrained(str(path))
+    assert (m2.graph_name, m2.noise_name) == kinds and m2.config == c and not m2.training
+    sa, sb = m.state_dict(), m2.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(m(*batch(c)), m2(*batch(c)))
+
+
+def test_from_pretrained_clear_errors(tmp_path, monkeypatch, float32):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed; never online
+    with pytest.raises(ImportError, match="pip install huggingface_hub safetensors"):
+        SEDD.from_pretrained("louaaron/sedd-small")
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a hub id"):
+        SEDD.from_pretrained(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        SEDD.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ValueError, match="not an SEDD config"):
+        SEDD.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(official_config(tiny())))
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+        SEDD.from_pretrained(str(tmp_path))
+    sd = SEDD(tiny()).state_dict()
+    del sd["blocks.1.attn_out.weight"]
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(RuntimeError, match="do not match"):
+        SEDD.from_pretrained(str(tmp_path))
+
+
+def test_sigma_free_output_depends_on_sigma_only_through_the_shift(float32):
+    c = tiny(cond_sigma=False)
+    m = randomized(c)
+    assert not any(k.startswith("sigma_map") for k in m.state_dict())
+    x, s1 = batch(c)
+    s2 = torch.tensor([3.0, 1e-3, 0.2])
+    off = not_input(x, c.vocab_size)
+    shift = lambda s: torch.expm1(s).log()[:, None, None].expand(*x.shape, c.vocab_size)
+    assert torch.allclose((m(x, s1) + shift(s1))[off], (m(x, s2) + shift(s2))[off], atol=1e-4, rtol=0)
+    mc = randomized(tiny())  # a sigma-conditioned network does not have this property
+    assert not torch.allclose((mc(x, s1) + shift(s1))[off], (mc(x, s2) + shift(s2))[off], atol=1e-2)
+    # c = 0: the adaLN weights get no gradient (they stay at zero), their biases do
+    m(x, s1).sum().backward()
+    ada = m.blocks[0].adaLN_modulation
+    assert torch.equal(ada.weight.grad, torch.zeros_like(ada.weight)) and ada.bias.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("scale_by_sigma", [True, False])
+def test_bf16_autocast_on_cpu(scale_by_sigma, float32):
+    c = tiny(scale_by_sigma=scale_by_sigma)
+    m = randomized(c, std=0.1)
+    x, sigma = batch(c)
+    ref = m(x, sigma)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, sigma)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert not torch.equal(out, ref)  # bf16 matmuls did run
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+# ---------------------------------------------------------------- sampling.py
+# Monte Carlo checks bound the total variation between n samples and an exact law on K outcomes
+# by sqrt(K / n): E[TV] <= sqrt(K / n) / 2 and, by McDiarmid (TV has (1/n)-bounded differences),
+# P(TV > E[TV] + e) <= exp(-2 n e^2), so the bound fails with probability < exp(-K / 2) = 0.011
+# for K = 9 (far less: E[TV] is ~half its bound).
+
+CASES = [(Absorbing, LogLinearNoise()), (Uniform, GeometricNoise())]
+
+
+def exact_law(graph, noise, p_data, steps, predictor="analytic", prompt={}, eps=1e-5):
+    """The law of sample(...) on clean sequences, by enumeration of all dim^L states: per-step
+    transition matrices (products over positions of the clamped, renormalised token
+    probabilities), written with dense matrix exponentials, independently of graph.py."""
+    L, dim, Q = p_data.dim(), graph.dim, graph.rate_matrix()
+    exact, states = ExactScore(graph, p_data), all_sequences(graph.dim, p_data.dim())
+    one_hot = F.one_hot(states, dim).double()
+
+    def transition(P):  # [S, L, dim] token probabilities -> [S, S] sequence transition matrix
+        P = P.clamp(min=0)
+        P = P / P.sum(-1, keepdim=True)
+        for pos, tok in prompt.items():
+            P[:, pos] = F.one_hot(torch.tensor(tok), dim)
+        return P[:, torch.arange(L), states].prod(-1)
+
+    def tweedie(sigma, delta):  # Eq. 19
+        s = exact(states, sigma.expand(len(states))).exp()
+        return (s @ expm(graph, -delta).T) * expm(graph, delta)[states]
+
+    absorb = isinstance(graph, Absorbing)
+    base = one_hot[-1:] if absorb else torch.full((1, L, dim), 1.0 / dim)  # all MASK / uniform
+    law = transition(base)[0]
+    t = torch.linspace(1, eps, steps + 1)
+    for k in range(steps):
+        sigma, dsigma = noise(t[k])
+        if predictor == "euler":  # Eq. 17
+            rate = exact(states, sigma.expand(len(states))).exp() * Q[states] * (1 - one_hot)
+            P = one_hot + dsigma * (t[k] - t[k + 1]) * (rate - one_hot * rate.sum(-1, keepdim=True))
+        else:
+            P = tweedie(sigma, sigma - noise(t[k + 1])[0])
+        law = law @ transition(P)
+    P = tweedie(noise(t[-1])[0], noise(t[-1])[0])  # the denoiser, to noise 0, never to MASK
+    if absorb:
+        P[..., -1] = 0
+    law = (law @ transition(P)).reshape((dim,) * L)[(slice(0, graph.n_tokens),) * L]
+    assert abs(law.sum().item() - 1) < 1e-12  # no mass on sequences with MASK
+    return law
+
+
+def tv(p, q):
+    return 0.5 * (p - q).abs().sum().item()
+
+
+def empirical(x, dim):
+    place = dim ** torch.arange(x.shape[1] - 1, -1, -1)
+    counts = torch.bincount((x * place).sum(-1), minlength=dim ** x.shape[1]).double()
+    return counts.reshape((dim,) * x.shape[1]) / len(x)
+
+
+@pytest.mark.parametrize("graph_cls,noise", CASES)
+@pytest.mark.parametrize("predictor", ["euler", "analytic"])
+def test_samples_follow_the_exact_law(graph_cls, noise, predictor):
+    torch.manual_seed(0)
+    graph, p_data, n = graph_cls(3), correlated_data(3, 2), 20_000
+    score = ExactScore(graph, p_data)
+    eps = 0.4 if graph_cls is Absorbing else 0.7  # sigma_bar(eps) ~ 0.5: the denoiser has work to do
+    stats = {}
+    x = sample(score, graph, noise, (n, 2), 4, predictor, eps=eps, stats=stats)
+    law = exact_law(graph, noise, p_data, 4, predictor, eps=eps)
+    assert (x < 3).all()  # no MASK
+    assert tv(empirical(x, 3), law) < math.sqrt(9 / n)  # 0.021 (observed 0.004 to 0.008)
+    assert tv(law, p_data) > 0.1  # 0.15 to 0.37: 4 steps are measurably wrong, the test has teeth
+    assert stats == dict(steps=4, network_evals=5, sequence_evals=5 * n) and score.calls == 5
+
+
+@pytest.mark.parametrize("graph_cls,noise", CASES)
+def test_exact_law_converges_to_the_data(graph_cls, noise):
+    graph, p_data = graph_cls(3), correlated_data(3, 2)
+    error = {(s, pred): tv(exact_law(graph, noise, p_data, s, pred), p_data)
+             for s in [1, 2, 4, 8, 32, 128] for pred in ["euler", "analytic"]}
+    for pred in ["euler", "analytic"]:
+        errors = [error[s, pred] for s in [2, 8, 32, 128]]
+        assert all(a > b for a, b in zip(errors, errors[1:])) and errors[0] > 0.25 and errors[-1] < 0.01
+    if graph_cls is Uniform:  # Tweedie (optimal by Thm 4.2) beats Euler at few steps
+        assert all(error[s, "analytic"] <= error[s, "euler"] for s in [1, 2, 4, 8])
+        assert error[2, "analytic"] < error[2, "euler"] - 0.2
+    else:  # absorbing + log-linear: dsigma dt = e^{delta_sigma} - 1, the two updates coincide
+        for s in [1, 3, 8]:
+            euler, tweedie = (exact_law(graph, noise, p_data, s, pred) for pred in ["euler", "analytic"])
+            assert (euler - tweedie).abs().max() < 1e-10
+        runs = []
+        for predictor in ["euler", "analytic"]:  # same noise, same probabilities: same samples
+            torch.manual_seed(1)
+            runs.append(sample(ExactScore(graph, p_data), graph, noise, (500, 2), 3, predictor))
+        assert torch.equal(*runs)
+
+
+@pytest.mark.parametrize("graph_cls,noise", CASES)
+@pytest.mark.parametrize("prompt", [{0: 1}, {2: 2}, {1: 0}], ids=["prefix", "suffix", "middle"])
+def test_infilling(graph_cls, noise, prompt):
+    torch.manual_seed(2)
+    graph, p_data, n, steps = graph_cls(3), correlated_data(3, 3), 20_000, 64
+    x = sample(ExactScore(graph, p_data), graph, noise, (n, 3), steps, prompt=prompt)
+    ((pos, tok),) = prompt.items()
+    assert (x[:, pos] == tok).all() and (x < 3).all()
+    law = exact_law(graph, noise, p_data, steps, prompt=prompt)
+    assert tv(empirical(x, 3), law) < math.sqrt(9 / n)  # 9 outcomes of the 2 free tokens
+    true = torch.zeros_like(p_data)  # the true conditional p_data(free | prompt), by Bayes
+    true.select(pos, tok).copy_(p_data.select(pos, tok) / p_data.select(pos, tok).sum())
+    if graph_cls is Absorbing:
+        # Clamping clean tokens is exact for absorbing: a noised prompt token is either itself or
+        # MASK, so scores at clean prompts are those of the conditional (Section 4.2). Only the
+        # discretisation is left (TV ~ 1e-3 at 64 steps).
+        assert tv(law, true) < 5e-3
+    else:
+        # Uniform: Algorithm 3 clamps clean tokens where the true noised prompt would have moved,
+        # so the score sees a prompt token that looks noised and barely conditions on it. It is an
+        # approximation, not the conditional: hence the test against its exact law above.
+        assert tv(law, true) > 0.1
+
+
+def test_absorbing_cache_is_exact_and_skips_evaluations(float32):
+    model, graph, noise = randomized(tiny(cond_sigma=False), std=0.3), Absorbing(10), LogLinearNoise()
+    B, L, steps, prompt = 4, 8, 256, {3: 7}
+    x, stats = {}, {True: {}, False: {}}
+    for cache in [True, False]:
+        torch.manual_seed(3)
+        x[cache] = sample(model, graph, noise, (B, L), steps, prompt=prompt, cache=cache, stats=stats[cache])
+    # Float rounding of the re-applied shift (~1e-7) could flip an argmax only at a near-tie.
+    assert torch.equal(x[True], x[False]) and (x[True] < 10).all() and len(x[True].unique()) > 3
+    assert stats[False] == dict(steps=steps, network_evals=steps + 1, sequence_evals=B * (steps + 1))
+    # A sequence is evaluated first, then only after a step that changed it: each of its 7 free
+    # positions leaves MASK once and never changes again, so <= 1 + 7 evaluations per sequence.
+    free = L - len(prompt)
+    assert stats[True]["sequence_evals"] <= B * (1 + free) and stats[True]["network_evals"] <= 1 + B * free
+    stats = {}
+    sample(randomized(tiny(), std=0.3), graph, noise, (B, L), 16, stats=stats)
+    assert stats["network_evals"] == 17  # a sigma-conditioned network is never cached
+    # A score that underrates every token (s = e^-10) leaves about half the positions masked after
+    # one step and puts ~all the denoiser's mass on MASK: dropping that column must unmask them.
+    underrated = lambda x, sigma: torch.full((*x.shape, 11), -10.0).scatter(-1, x[..., None], 0.0)
+    assert (sample(underrated, graph, noise, (64, L), 1) < 10).all()
+
+
+def test_categorical_sampling_float64_and_float32():
+    torch.manual_seed(4)
+    assert inspect.signature(sample).parameters["dtype"].default is torch.float64
+    assert inspect.signature(sample_categorical).parameters["dtype"].default is torch.float64
+    # float64: a low-entropy law with a long tail (1000 tokens of 1e-4 each) is sampled exactly
+    # (times 3: the race needs no normalisation; token 1 negative: clamped to 0, never drawn)
+    probs = torch.cat([torch.tensor([0.9, -1e-4]), torch.full((999,), 1e-4)]).expand(10_000, -1)
+    x = sample_categorical(3 * probs)
+    tail = (x > 0).double().mean().item()
+    assert abs(tail - 0.0999 / 0.9999) < 4 * math.sqrt(0.1 * 0.9 / 10_000) and not (x == 1).any()
+    # float32 and float64 differ on events of probability ~2^-24 per entry (~1e9 Monte Carlo draws),
+    # so measured exactly: float32 torch.rand returns multiples of 2^-24 (checked); enumerating all
+    # 2^24 values of the leader's uniform, and the largest of the rare token's, gives the float32
+    # law of the race for p = [1, r].
+    u = torch.rand(10**6, dtype=torch.float32)
+    assert torch.equal(u * 2**24, (u * 2**24).round())
+    grid = torch.arange(2**24, dtype=torch.float64).div(2**24).float().clamp(min=torch.finfo(torch.float32).tiny)
+    lead, rare = -torch.log(grid), -torch.log(grid[-10_000:]).flip(0)  # rare: increasing
+    r = torch.tensor(2.0**-25, dtype=torch.float32)  # e.g. dt/t ~1e-3 times p(y) ~3e-5
+    p32 = torch.searchsorted(rare, r * lead).double().sum().item() / 2**48  # P(E_rare < r E_lead)
+    assert p32 < 0.5 * r.item()  # float32: the rare token wins ~3x too rarely (lower temperature)
+
+
+def test_text_prompt_and_cli(tmp_path, capsys, float32):
+    encode = lambda s: [ord(c) - ord("a") for c in s]
+    assert text_prompt(encode, 6, "ab", "c", spans={3: "d"}) == {0: 0, 1: 1, 5: 2, 3: 3}
+    with pytest.raises(ValueError, match="overlaps"):
+        text_prompt(encode, 6, "abc", spans={2: "x"})
+    chars = " abcdefghij"
+    # the zero-initialised network: the exact score of uniform text, so masks fill in gradually
+    SEDD(tiny(vocab_size=len(chars) + 1, block_size=16)).save_pretrained(tmp_path, "absorb", "loglinear")
+    meta = dict(name="tiny", tokenizer="chars", chars=chars, n_tokens=len(chars))
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    argv = ["--ckpt", str(tmp_path), "--steps", "20", "--batch_size", "3", "--device", "cpu", "--seed", "1"]
+    texts = sampling.main(argv + ["--prefix", "abc", "--suffix", "j ij", "--show_steps", "3"])
+    out = capsys.readouterr().out
+    assert len(texts) == 3 and all(len(t) == 16 and t.startswith("abc") and t.endswith("j ij") for t in texts)
+    assert out.count("step ") == 3 and "_" in out and "21 network evaluations" in out
+    for bad, msg in [(["--prefix", "abcdefghij", "--suffix", "abcdefghij"], r"20 tokens \(prefix 10, suffix 10\) .* 16"),
+                     (["--prefix", "xyz"], "not in the vocabulary"), (["--length", "17"], "block_size 16")]:
+        with pytest.raises(SystemExit, match=msg):
+            sampling.main(argv + bad)
+    with pytest.raises(SystemExit, match="no checkpoint directory"):
+        sampling.main(["--ckpt", str(tmp_path / "missing")])
+
+
+# ---------------------------------------------------------------- sampling.py: sample quality
+
+TEXTS = ["the quick brown fox jumps over the lazy dog and then sleeps in the warm sun",
+         "a", "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
+         "to be or not to be"]
+
+
+class KnowsTheFuture(torch.nn.Module):
+    """A (cheating) judge whose probabilities we know: at chunk position j it gives the true next
+    token the logit j and every other token 0, so its NLL there is log(e^j + V - 1) - j. Its
+    logits are float64, so the result is exact (a float32 sum over 50k logits is not)."""
+    V = 50257
+
+    def __init__(self, context):
+        super().__init__()
+        self.config = types.SimpleNamespace(n_positions=context)
+
+    def forward(self, input_ids, attention_mask=None):
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, self.V, dtype=torch.float64)
+        nxt = input_ids.roll(-1, dims=1)  # the next token (the wrapped last one is never scored)
+        logits.scatter_(-1, nxt[..., None], torch.arange(T, dtype=torch.float64).expand(B, T)[..., None])
+        return types.SimpleNamespace(logits=logits)
+
+
+def test_generative_perplexity_matches_hand_computation(gpt2_bpe):
+    context = 5
+    lengths = [len(gpt2_bpe.encode(t)) for t in TEXTS]
+    assert max(lengths) > 2 * context and 1 in lengths  # chunking and a lone token are exercised
+    # chunks of `context` tokens; in each, positions 0 .. len - 2 are scored
+    nll = [math.log(math.exp(j) + KnowsTheFuture.V - 1) - j
+           for n in lengths for start in range(0, n, context) for j in range(min(context, n - start) - 1)]
+    expected = math.exp(sum(nll) / len(nll))
+    for batch_size in (1, 3, 64):  # padding must not change anything
+        ppl = sampling.generative_perplexity(TEXTS, KnowsTheFuture(context), batch_size=batch_size)
+        assert ppl == pytest.approx(expected, rel=1e-12)
+
+
+def test_generative_perplexity_errors(gpt2_bpe):
+    with pytest.raises(ValueError, match="no token to score"):
+        sampling.generative_perplexity(["a", ""], KnowsTheFuture(8))
+    with pytest.raises(ValueError, match="no token to score"):  # a context of 1 predicts nothing
+        sampling.generative_perplexity(TEXTS, KnowsTheFuture(1))
+
+
+def test_generative_perplexity_with_tiny_gpt2_judge(gpt2_bpe, float32):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=8))
+    ppl = sampling.generative_perplexity(TEXTS, judge, batch_size=2)
+    assert math.isfinite(ppl) and ppl > 1
+    # the same by hand: each chunk of at most 8 tokens alone through the judge
+    nll, count = 0.0, 0
+    for text in TEXTS:
+        ids = gpt2_bpe.encode(text)
+        for i in range(0, len(ids), 8):
+            chunk = torch.tensor(ids[i:i + 8])[None]
+            if chunk.shape[1] > 1:
+                with torch.no_grad():
+                    logits = judge(input_ids=chunk).logits[0, :-1]
+                nll += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
+                count += chunk.shape[1] - 1
+    assert ppl == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+def test_generative_perplexity_names_the_missing_package(gpt2_bpe, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed; never online
+    with pytest.raises(ImportError, match="pip install transformers"):
+        sampling.generative_perplexity(TEXTS, "gpt2-large")
+
+
+def test_unigram_entropy():
+    assert sampling.unigram_entropy([3, 3, 3, 3]) == 0.0
+    assert sampling.unigram_entropy([0, 1, 0, 1]) == pytest.approx(math.log(2))
+    p = torch.tensor([0.5, 0.25, 0.25])
+    assert sampling.unigram_entropy([7, 7, 1, 2]) == pytest.approx(-(p * p.log()).sum().item())
+    # a batch: the mean of the per-sample entropies (0 and log 4), not the pooled entropy
+    assert sampling.unigram_entropy(torch.tensor([[5, 5, 5, 5], [0, 1, 2, 3]])) == pytest.approx(math.log(4) / 2)
+    assert sampling.unigram_entropy([[5, 5, 5, 5], [0, 1, 2, 3]]) == pytest.approx(math.log(4) / 2)
+
+
+def test_cli_gen_ppl(tmp_path, capsys, monkeypatch, gpt2_bpe, float32):
+    transformers = pytest.importorskip("transformers")
+    chars = " abcdefghij"
+    torch.manual_seed(0)
+    SEDD(SEDDConfig(vocab_size=len(chars) + 1, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=24,
+                    dropout=0.0)).save_pretrained(tmp_path, "absorb", "loglinear")
+    (tmp_path / "meta.json").write_text(json.dumps(dict(name="tiny", tokenizer="chars", chars=chars, n_tokens=len(chars))))
+    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16))
+    asked = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda name: asked.append(name) or judge)
+    argv = ["--ckpt", str(tmp_path), "--steps", "8", "--batch_size", "3", "--device", "cpu"]
+    texts = sampling.main(argv + ["--gen_ppl"])
+    out = capsys.readouterr().out
+    assert asked == ["gpt2-large"]  # the default judge
+    assert sampling.generative_perplexity(texts, judge) == pytest.approx(
+        float(out.split("generative perplexity ")[1].split()[0]), rel=1e-2)
+    assert "first token is not scored" in out and "unigram entropy" in out
+    sampling.main(argv + ["--gen_ppl", "gpt2"])
+    assert asked[-1] == "gpt2"
+
+
+# ---------------------------------------------------------------- prepare.py
+
+def text8_like(n, seed):
+    return "".join(np.random.default_rng(seed).choice(list(" abcdefghijklmnopqrstuvwxyz"), size=n))
+
+
+def write_zip(path, text, member="text8"):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(member, text)
+    return str(path)
+
+
+def read_splits(out, splits=("train", "val", "test")):
+    """meta.json, the splits' token arrays, and the text of all splits in order, decoded."""
+    meta = prepare.load_meta(out)
+    bins = {s: np.fromfile(os.path.join(out, s + ".bin"), dtype=meta["dtype"]) for s in splits}
+    return meta, bins, prepare.get_tokenizer(meta)[1](np.concatenate(list(bins.values())).tolist())
+
+
+@pytest.fixture
+def gpt2_bpe(tmp_path, monkeypatch):
+    """GPT-2 BPE offline: r50k_base from ../shared/tiktoken/gpt2.tiktoken unless a cache is set."""
+    if not os.environ.get("TIKTOKEN_CACHE_DIR"):
+        ranks = HERE.parent / "shared" / "tiktoken" / "gpt2.tiktoken"
+        if not ranks.exists():
+            pytest.skip(f"GPT-2 BPE ranks unavailable: set TIKTOKEN_CACHE_DIR or provide {ranks}")
+        (tmp_path / "tiktoken").mkdir()
+        shutil.copy(ranks, tmp_path / "tiktoken" / "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4")  # sha1 of its URL
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    import tiktoken
+    return tiktoken.get_encoding("r50k_base")
+
+
+def test_text8_partial_corpus_refused_then_proportional_and_idempotent(tmp_path, capsys, monkeypatch):
+    text = text8_like(10_000, 0)
+    src, out = write_zip(tmp_path / "small.zip", text), tmp_path / "data"
+    with pytest.raises(SystemExit, match="--proportional") as e:
+        prepare.main(["text8", "--src", src, "--out_dir", str(out)])
+    assert "10,000 characters" in str(e.value) and "100,000,000" in str(e.value)
+    assert not (out / "text8" / "meta.json").exists()
+    prepare.main(["text8", "--src", src, "--out_dir", str(out), "--proportional"])
+    meta, _, decoded = read_splits(out / "text8")
+    assert meta["chars"] == list(" abcdefghijklmnopqrstuvwxyz") and meta["n_tokens"] == 27 and decoded == text
+    assert meta["counts"] == {"train": 9000, "val": 500, "test": 500} and meta["dtype"] == "uint16"
+    assert "proportional" in meta["split"] and "not the standard" in meta["split"]
+    assert prepare.get_tokenizer(meta)[0]("ab z") == [1, 2, 0, 26]
+    # a finished dataset is not rebuilt, even from another source, unless --force
+    train_bin = out / "text8" / "train.bin"
+    before = (train_bin.read_bytes(), train_bin.stat().st_mtime_ns)
+    src2 = write_zip(tmp_path / "other.zip", text8_like(10_000, 1))
+    prepare.main(["text8", "--src", src2, "--out_dir", str(out), "--proportional"])
+    assert "already prepared" in capsys.readouterr().out
+    assert (train_bin.read_bytes(), train_bin.stat().st_mtime_ns) == before
+    prepare.main(["text8", "--src", src2, "--out_dir", str(out), "--proportional", "--force"])
+    assert read_splits(out / "text8")[2] == text8_like(10_000, 1) and not list((out / "text8").glob("*.tmp"))
+    # the standard split of a full corpus (here 1,000 characters), unzipped corpora accepted too
+    monkeypatch.setattr(prepare, "TEXT8_SPLIT", (900, 50, 50))
+    (tmp_path / "text8.txt").write_text(text8_like(1000, 2))
+    prepare.main(["text8", "--src", str(tmp_path / "text8.txt"), "--out_dir", str(tmp_path / "full")])
+    meta = prepare.load_meta(tmp_path / "full" / "text8")
+    assert meta["counts"] == {"train": 900, "val": 50, "test": 50} and meta["split"].startswith("standard")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), (("abc", "enwik8"), "no member named 'text8'"),
+    (("hello World",), "other than a-z and space"), (b"PK\x03\x04 truncated", "not a valid zip")])
+def test_text8_bad_input(tmp_path, content, message):
+    src = tmp_path / "text8.zip"
+    if isinstance(content, bytes):
+        src.write_bytes(content)
+    elif content:
+        write_zip(src, *content)
+    with pytest.raises(SystemExit, match=message):
+        prepare.main(["text8", "--src", str(src), "--out_dir", str(tmp_path), "--proportional"])
+    assert not (tmp_path / "text8" / "meta.json").exists()
+
+
+def test_chars_round_trip_errors_and_large_vocabulary(tmp_path):
+    text = "Où est la gare ?\r\nÀ gauche, 200 m — merci !\n" * 30
+    (tmp_path / "french.txt").write_bytes(text.encode("utf-8"))
+    prepare.main(["chars", "--src", str(tmp_path / "french.txt"), "--out_dir", str(tmp_path)])
+    meta, bins, decoded = read_splits(tmp_path / "french")
+    assert meta["chars"] == sorted(set(text)) and meta["n_tokens"] == len(set(text)) and decoded == text
+    encode = prepare.get_tokenizer(meta)[0]
+    assert encode(text) == np.concatenate(list(bins.values())).tolist()
+    with pytest.raises(ValueError, match="'€'"):
+        encode("5 €")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(SystemExit, match="empty.txt is empty"):
+        prepare.main(["chars", "--src", str(tmp_path / "empty.txt"), "--out_dir", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="python prepare.py chars"):
+        prepare.load_meta(tmp_path / "empty")
+    (tmp_path / "big.txt").write_text("".join(map(chr, range(0x10000, 0x10000 + 70_000))), encoding="utf-8")
+    prepare.main(["chars", "--src", str(tmp_path / "big.txt"), "--out_dir", str(tmp_path)])
+    meta, bins, _ = read_splits(tmp_path / "big")  # 70,000 distinct characters: uint32
+    assert meta["dtype"] == "uint32" and bins["test"].max() == 69_999
+
+
+def test_interrupted_rebuild_never_looks_finished(tmp_path):
+    src, out = tmp_path / "a.txt", tmp_path / "a"
+    src.write_text("hello world\n" * 100)
+    prepare.main(["chars", "--src", str(src), "--out_dir", str(tmp_path)])
+
+    def killed():  # a --force rebuild killed while writing
+        yield np.zeros(10, dtype=np.uint16)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        prepare.write_dataset(str(out), {"train": killed()}, prepare.load_meta(out))
+    assert not (out / "meta.json").exists() and (out / "train.bin.tmp").exists()
+    with pytest.raises(SystemExit, match="no meta.json"):  # old bins, no meta: not silently reused
+        prepare.main(["chars", "--src", str(src), "--out_dir", str(tmp_path)])
+    prepare.main(["chars", "--src", str(src), "--out_dir", str(tmp_path), "--force"])
+    assert read_splits(out)[2] == src.read_text()
+
+
+def test_owt_path_packs_documents_with_eot(tmp_path, gpt2_bpe):
+    docs = ["Hello world.", "A document mentioning <|endoftext|> as text.", "Ünïcode ☃\n\nend"]
+    prepare.write_gpt2_dataset(str(tmp_path / "owt"), {"train": [{"text": d} for d in docs], "val": docs[:1]},
+                               {"name": "owt-test", "source": "test", "split": "test"})
+    expected = [t for d in docs for t in gpt2_bpe.encode_ordinary(d) + [50256]]
+    meta, bins, _ = read_splits(tmp_path / "owt", ("train", "val"))
+    assert bins["train"].tolist() == expected and bins["train"][-1] == 50256 and (bins["train"] == 50256).sum() == 3
+    assert bins["val"].tolist() == expected[:expected.index(50256) + 1]  # the first document
+    assert meta["tokenizer"] == "gpt2" and meta["n_tokens"] == 50257 and meta["dtype"] == "uint16"
+    encode, decode = prepare.get_tokenizer(meta)
+    assert decode(bins["train"].tolist()) == "".join(d + "<|endoftext|>" for d in docs)
+    assert encode("Hello world<|endoftext|>") == [15496, 995, 50256]
+
+
+def test_detokenizers():
+    wt = prepare.wikitext_detokenizer
+    assert wt(" = = Early life = = \n") == " == Early life ==\n"
+    assert (wt("The 2 @,@ 000 @-@ strong army , led by Smith 's son ( John ) , won 3 @.@ 5 % . \n")
+            == "The 2,000-strong army, led by Smith's son (John), won 3.5 %.\n")
+    assert (prepare.ptb_detokenizer("the firm 's stock fell N N to $ N and it does n't <unk> it")
+            == "the firm's stock fell 1 1 to $1 and it doesn't ? it")
+    assert (prepare.lm1b_detokenizer("Visit http : / / example.com , it costs $ 5 today .")
+            == "Visit http://example.com, it costs $5 today.")
+    assert prepare.lm1b_detokenizer('He said " fine " , then left') == 'He said "fine", then left'
+    assert prepare.lambada_detokenizer("\u201cHi,\u201d she said.  \n") == '\n"Hi," she said.'
+
+
+def test_zeroshot_path_writes_1024_token_rows(tmp_path, gpt2_bpe):
+    lines = ["", " = Valkyria Chronicles III = \n", "",
+             " The game 's battle system , the BliTZ system , is carried over directly from "
+             "Valkyria Chronicles . During missions , players select each unit using a top @-@ "
+             "down perspective of the battlefield map ( about 1 @,@ 000 units ) . \n"] * 40
+    detok, info = prepare.wikitext_detokenizer, {"name": "wt", "source": "test", "split": "test"}
+    meta = prepare.write_gpt2_dataset(str(tmp_path / "wt"), {"test": lines}, info, detokenizer=detok, block_size=1024)
+    stream = [t for l in lines for t in gpt2_bpe.encode_ordinary(detok(l)) + [50256]]
+    rows = np.fromfile(tmp_path / "wt" / "test.bin", dtype=np.uint16).reshape(-1, 1024)
+    assert len(rows) == len(stream) // 1024 >= 2 and len(stream) % 1024 > 0  # tail dropped
+    assert rows.ravel().tolist() == stream[:rows.size]
+    assert meta["block_size"] == 1024 and meta["counts"] == {"test": rows.size}
+    with pytest.raises(SystemExit, match="fewer than 1024 tokens"):
+        prepare.write_gpt2_dataset(str(tmp_path / "tiny"), {"test": lines[:4]}, info, block_size=1024)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")
+@pytest.mark.parametrize("argv", [["owt"], ["zeroshot", "--set", "ptb"]])
+def test_hub_commands_say_how_to_install_datasets(tmp_path, argv):
+    with pytest.raises(SystemExit, match="pip install datasets"):
+        prepare.main(argv + ["--out_dir", str(tmp_path)])
+
+
+# ---------------------------------------------------------------- train.py
+
+TINY_RUN = dict(dataset="tiny", block_size=32, batch_size=4, n_layer=2, n_head=2, n_embd=32, cond_dim=16,
+                dropout=0.0, warmup_iters=2, learning_rate=1e-3, eval_batches=1, eval_n_t=2, sample_steps=4,
+                dtype="float32", compile=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    prepare.main(["chars", "--src", str(root / "corpus.txt"), "--name", "tiny", "--out_dir", str(root)])
+    return str(root)
+
+
+def params(out_dir):
+    ckpt = torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=False)
+    return torch.cat([p.flatten() for p in ckpt["model"].values()]), ckpt
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(SystemExit, match="unknown config key 'n_layers'.*'n_layer'"):
+        train.load_config(["--n_layers=2"])
+    with pytest.raises(SystemExit, match="n_layer in --n_layer=two must be int"):
+        train.load_config(["--n_layer=two"])
+    (tmp_path / "bad.py").write_text("learning_rat = 1e-3\n")
+    with pytest.raises(SystemExit, match="unknown config key 'learning_rat'"):
+        train.load_config([str(tmp_path / "bad.py")])
+    assert train.load_config([str(HERE / "config" / "text8_tiny.py"), "--n_layer=3"])["n_layer"] == 3
+
+
+def test_loss_at_initialisation(float32):
+    """At init the absorbing model is the score of a uniform law on the N real tokens; the
+    expected loss is then exactly L (1 - eps) ln N for every t: model, loss and weighting agree."""
+    torch.manual_seed(0)
+    model = SEDD(SEDDConfig(vocab_size=28, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=64, dropout=0.0))
+    losses = loss_fn(model, Absorbing(27), LogLinearNoise(), torch.randint(27, (512, 64)))
+    assert abs(losses.mean().item() - 64 * (1 - 1e-3) * math.log(27)) < 4 * losses.std().item() / math.sqrt(512)
+
+
+def test_tiny_run_and_exact_resume(tiny_data, tmp_path, float32):
+    def run(out_dir, **kw):
+        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir), "max_iters": 6,
+               "eval_interval": 3, "log_interval": 3, **kw}
+        train.train(cfg)
+    run(tmp_path / "straight")
+    run(tmp_path / "stopped", max_iters=3)
+    run(tmp_path / "stopped", init_from="resume")
+    (a, ckpt), (b, _) = params(tmp_path / "straight"), params(tmp_path / "stopped")
+    assert ckpt["iter_num"] == 6 and torch.equal(a, b)
+    assert all((tmp_path / "straight" / f).exists() for f in ("config.json", "pytorch_model.bin", "meta.json", "log.csv"))
+    assert SEDD.from_pretrained(str(tmp_path / "straight")).graph_name == "absorb"  # the exported EMA weights load
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    train.save_atomic({"step": 1}, path)
+    real_save = torch.save
+
+    def crash(obj, f):  # half-written, then the process dies
+        real_save(obj, f)
+        with open(f, "r+b") as handle:
+            handle.truncate(10)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomic({"step": 2}, path)
+    assert torch.load(path)["step"] == 1
+
+
+def test_torchrun_matches_single_process(tiny_data, tmp_path):
+    """2 gloo processes with one micro-batch each = 1 process accumulating both micro-batches."""
+    cfg = {**TINY_RUN, "data_dir": tiny_data, "max_iters": 4, "eval_interval": 100, "log_interval": 2,
+           "gradient_accumulation_steps": 2}
+    args = [f"--{k}={v}" for k, v in cfg.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda *cmd: subprocess.run(cmd, cwd=HERE, env=env, check=True, capture_output=True, timeout=300)
+    run(sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'one'}")
+    run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+        *args, f"--out_dir={tmp_path / 'two'}")
+    a, b = params(tmp_path / "one")[0], params(tmp_path / "two")[0]
+    assert (a - b).norm() / a.norm() < 1e-6
+
+
+def test_evaluator_is_loss_fn_plus_prior(tiny_data, float32):
+    """train.evaluate = mean over sequences of loss_fn at elbo's stratified t (same RNG draws)
+    plus the prior KL, in bits per token, with the standard error across sequences."""
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "eval_batches": 3, "eval_n_t": 4}
+    torch.manual_seed(0)
+    model = SEDD(SEDDConfig(vocab_size=29, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=32, dropout=0.0))
+    with torch.no_grad():
+        model.output_layer.linear.weight.normal_()  # a non-trivial score
+    graph, noise, data = get_graph("absorb", 28), LogLinearNoise(), train.Data(cfg, "val")
+    result = train.evaluate(model, graph, noise, data, cfg, torch.device("cpu"), contextlib.nullcontext())
+    torch.manual_seed(cfg["seed"])
+    nats = []
+    for x0 in data.eval_batches(3 * 4, 4):
+        total = torch.zeros(len(x0), dtype=torch.float64)
+        for k in range(4):
+            total += loss_fn(model, graph, noise, x0, t=(k + 1 - torch.rand(len(x0))) / 4).double()
+        nats.append(total / 4 + 32 * graph.prior_kl(noise(torch.tensor(1.0, dtype=torch.float64))[0]).item())
+    nats = torch.cat(nats)
+    assert result["n"] == 12 and result["bits"] == pytest.approx(nats.mean().item() / (32 * math.log(2)), rel=1e-9)
+    assert result["bits_se"] == pytest.approx(nats.std().item() / math.sqrt(12) / (32 * math.log(2)), rel=1e-9)

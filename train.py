@@ -47,7 +47,7 @@ DEFAULTS = dict(
     eval_interval=500,     # evaluate, print a sample and checkpoint every this many iterations
     eval_only=False,       # evaluate the ELBO once (EMA weights) and exit
     eval_split="val",      # "val" or "test"
-    eval_batches=8,        # sequences evaluated = eval_batches * batch_size (spread over the split)
+    eval_batches=8,        # sequences evaluated = eval_batches * batch_size, spread over the split; 0: all
     eval_n_t=8,            # stratified t samples per sequence for the ELBO (the paper uses 1000)
     sample_steps=128,      # sampling steps of the sample printed at each evaluation
     log_interval=10,
@@ -100,7 +100,7 @@ def set_key(cfg, key, value, origin):
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if default is not None and type(value) is not type(default) and not (key == "compile" and isinstance(value, bool)):
-        fail(f"{key} in {origin} must be a {type(default).__name__}, got {value!r}")
+        fail(f"{key} in {origin} must be {type(default).__name__}, got {value!r}")
     cfg[key] = value
 
 
@@ -137,26 +137,34 @@ def lr_at(cfg, it):
     return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
-def peak_flops(device, dtype):
-    """Peak FLOP/s for MFU: the vendor's dense bf16 figure on CUDA; on CPU a measured large matmul."""
+def peak_flops(device, dtype, n=2048, repeats=5):
+    """Peak FLOP/s for MFU: the vendor's dense bf16 figure on CUDA; on CPU (or MPS) the measured
+    throughput of an n x n matmul in `dtype`, median of `repeats` after one warm-up (bench.py
+    uses this same function)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         table = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
         return next((v for k, v in table.items() if k in name), 312e12)
-    a = torch.randn(2048, 2048, device=device, dtype=dtype)
-    b = torch.randn(2048, 2048, device=device, dtype=dtype)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up: the first call of a dtype sets up its kernels
     times = []
-    for _ in range(5):
+    for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        (a @ b).sum().item()  # .item() waits for an asynchronous device (MPS)
         times.append(time.perf_counter() - start)
-    return 2 * 2048**3 / sorted(times)[len(times) // 2]
+    return 2 * n**3 / sorted(times)[len(times) // 2]
 
 
 def pick_device(name, local_rank):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
+def pick_compile(setting, device):
+    """torch.compile or not: "auto" compiles on CUDA only."""
+    return device.type == "cuda" if setting == "auto" else setting
 
 
 def pick_dtype(name, device):
@@ -192,7 +200,7 @@ class Data:
         """Fixed windows aligned to multiples of block_size (the rows of zero-shot sets), spread
         evenly over the split, so every evaluation sees the same sequences."""
         rows = self.n // self.L
-        n_seq = min(n_seq, rows)
+        n_seq = rows if n_seq <= 0 else min(n_seq, rows)
         starts = torch.arange(n_seq) * (rows // n_seq) * self.L
         return [self.windows(starts[i:i + batch_size]) for i in range(0, n_seq, batch_size)]
 
@@ -330,7 +338,7 @@ def train(cfg):
             dist.destroy_process_group()
         return
 
-    use_compile = device.type == "cuda" if cfg["compile"] == "auto" else cfg["compile"]
+    use_compile = pick_compile(cfg["compile"], device)
     net = torch.compile(model) if use_compile else model  # checkpoints always use `model`: no _orig_mod.
     if ddp:
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)

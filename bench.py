@@ -1,0 +1,268 @@
+"""Benchmark a config on this device: training throughput, MFU and memory; sampling speed.
+
+    python bench.py                                  # config/text8_tiny.py, every variant
+    python bench.py config/text8.py --batch_size=8   # any train.py config and --key=value overrides
+    python bench.py --variants=fp32,bf16 --sample=False   # shorter (bench.py's own keys: BENCH)
+    python bench.py --quality_iters=300              # also: val ELBO after 300 steps, fp32 vs default
+
+- Peak FLOP/s (MFU's denominator): on CPU a measured 2048^3 matmul in float32 and in bfloat16,
+  median of 10 (train.peak_flops, which train.py's MFU uses too); on CUDA the vendor's dense
+  bf16 figure.
+- Training: a full train.py step (draw_step's batch, forward + loss_fn, backward, clipping,
+  AdamW, EMA) of a fresh model per variant: float32 or bf16 autocast, eager or torch.compile.
+  Variants are timed round-robin (one window of each, `rounds` times), so the load of a shared
+  machine hits all alike; tokens/s are medians over rounds, speed-ups medians of the per-round
+  ratios to float32 eager. MFU = estimate_flops_per_token() * tokens/s / peak of its dtype.
+  Memory: per variant on CUDA; on CPU the peak resident set of the whole process.
+- Sampling: sampling.sample (Tweedie) of the config's model, of its sigma-free twin
+  (cond_sigma=False) and of that twin with the absorbing cache: tokens/s and network
+  evaluations/s. Uncached, every step is one evaluation, so those rows run at one step count.
+- Quality (--quality_iters=N): train.train N steps from the same seed in float32 eager and in
+  train.py's path for the config, then the val ELBO of both (EMA weights, train.evaluate in
+  float32, the same t and x_t) and their difference.
+"""
+import ast
+import copy
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext, redirect_stdout
+
+import torch
+
+import train
+from graph import get_graph
+from loss import loss_fn
+from model import SEDD, SEDDConfig
+from noise import get_noise
+from prepare import load_meta
+from sampling import sample
+
+BENCH = dict(
+    variants="fp32,bf16,fp32_compile,bf16_compile",  # any of these, comma-separated
+    rounds=5,              # round-robin repetitions; medians over them
+    window=1,              # training steps per timing window
+    warmup=2,              # untimed steps per variant first (the first one compiles)
+    sample=True,           # sampling benchmark
+    sample_batch=8,
+    sample_steps="1,4",    # step counts as multiples of block_size
+    quality_iters=0,       # > 0: the val ELBO check after this many training steps
+)
+
+
+def split_args(argv):
+    """bench.py's own --key=value arguments (BENCH), and the rest for train.load_config."""
+    bench, rest = dict(BENCH), []
+    for arg in argv:
+        key, eq, text = arg[2:].partition("=")
+        if not (arg.startswith("--") and eq and key in BENCH):
+            rest.append(arg)
+            continue
+        value = text
+        if not isinstance(BENCH[key], str):  # as train.load_config: a Python literal
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                pass
+        train.set_key(bench, key, value, arg)
+    return bench, rest
+
+
+def build_model(cfg, graph, **overrides):
+    torch.manual_seed(cfg["seed"])  # the same initial weights in every variant
+    kw = dict(vocab_size=graph.dim, n_embd=cfg["n_embd"], cond_dim=cfg["cond_dim"], n_layer=cfg["n_layer"],
+              n_head=cfg["n_head"], block_size=cfg["block_size"], dropout=cfg["dropout"],
+              scale_by_sigma=cfg["graph"] == "absorb", cond_sigma=cfg["cond_sigma"])
+    return SEDD(SEDDConfig(**{**kw, **overrides}))
+
+
+def make_step(cfg, data, graph, noise, device, dtype, compiled):
+    """One variant's train.py step on a fresh model: returns step() and state_bytes() (its
+    weights, EMA and AdamW moments: the memory that stays between steps)."""
+    model = build_model(cfg, graph).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
+                            eps=1e-8, weight_decay=cfg["weight_decay"])
+    net = torch.compile(model) if compiled else model
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    micro = cfg["gradient_accumulation_steps"]
+
+    def step():
+        x0, t, x_t = (v.to(device) for v in train.draw_step(cfg, data, graph, noise, generator))
+        for rows in torch.arange(len(x0)).split(cfg["batch_size"]):
+            with ctx:
+                loss = loss_fn(net, graph, noise, x0[rows], t=t[rows], x_t=x_t[rows]).mean() / micro
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg["ema_decay"])
+        opt.zero_grad(set_to_none=True)
+
+    def state_bytes():
+        tensors = [*model.parameters(), *ema.parameters(), *(v for s in opt.state.values() for v in s.values())]
+        return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+    return step, state_bytes
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_training(cfg, bench, device, graph, noise, peaks):
+    data = train.Data(cfg, "train")
+    L = cfg["block_size"]
+    tokens = cfg["batch_size"] * cfg["gradient_accumulation_steps"] * L
+    flops = build_model(cfg, graph).estimate_flops_per_token()
+    path = (train.pick_dtype(cfg["dtype"], device), train.pick_compile(cfg["compile"], device))
+    print(f"\ntraining: {tokens:,} tokens per step (batch {cfg['batch_size']} x {cfg['gradient_accumulation_steps']} "
+          f"x {L}), {flops / 1e6:.1f} MFLOP per token; {bench['rounds']} rounds of {bench['window']} step(s) per "
+          "variant, round-robin; medians")
+    steps, info, memory = {}, {}, {}
+    for name in bench["variants"].split(","):
+        dtype = torch.bfloat16 if name.startswith("bf16") else torch.float32
+        if dtype not in peaks:
+            info[name] = "skipped: no bf16 on this device"
+            continue
+        try:
+            step, state_bytes = make_step(cfg, data, graph, noise, device, dtype, name.endswith("compile"))
+            start = time.perf_counter()
+            for _ in range(bench["warmup"]):
+                step()
+            sync(device)
+            steps[name], memory[name] = step, 0
+            info[name] = f"warm-up {time.perf_counter() - start:.1f}s"
+        except Exception as e:  # e.g. torch.compile without a working C++ compiler
+            first_line = (str(e).strip().splitlines() or [""])[0][:100]
+            info[name] = f"failed: {type(e).__name__}: {first_line}"
+    times = {name: [] for name in steps}
+    for _ in range(bench["rounds"]):
+        for name, step in steps.items():
+            sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)
+            start = time.perf_counter()
+            for _ in range(bench["window"]):
+                step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":  # this variant's own state + its peak above what was resident
+                memory[name] = max(memory[name], state_bytes() + torch.cuda.max_memory_allocated(device) - resident)
+    base = times.get("fp32")
+    print(f"{'variant':<14}{'tokens/s':>10}{'vs fp32':>9}{'MFU':>8}{'peak mem':>11}  notes")
+    for name in info:
+        if name not in steps:
+            print(f"{name:<14}{'-':>10}{'':>9}{'':>8}{'':>11}  {info[name]}")
+            continue
+        dtype = torch.bfloat16 if name.startswith("bf16") else torch.float32
+        tps = bench["window"] * tokens / statistics.median(times[name])
+        ratio = f"{statistics.median(b / t for b, t in zip(base, times[name])):.2f}x" if base else "-"
+        mem = f"{memory[name] / 2**20:,.0f} MiB" if device.type == "cuda" else "-"
+        default = "  <- train.py's path for this config" if (dtype, name.endswith("compile")) == path else ""
+        print(f"{name:<14}{tps:>10,.0f}{ratio:>9}{100 * flops * tps / peaks[dtype]:>7.1f}%{mem:>11}  {info[name]}{default}")
+    print("vs fp32: median over rounds of the ratio to fp32 in the same round. MFU: of the dtype's peak.")
+    if device.type == "cuda":
+        print("peak mem: the variant's weights, EMA and AdamW state + its peak allocation during a step")
+    else:
+        import resource  # Unix; ru_maxrss is in KiB on Linux, bytes on macOS
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        print(f"peak mem on CPU: the resident set of the whole process (all variants together, ru_maxrss): "
+              f"{rss:,.0f} MiB")
+
+
+def bench_sampling(cfg, bench, device, graph, noise):
+    B, L = bench["sample_batch"], cfg["block_size"]
+    dtype = train.pick_dtype(cfg["dtype"], device)
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    multiples = sorted(int(m) for m in str(bench["sample_steps"]).split(","))
+    print(f"\nsampling: batch {B} x {L} tokens, Tweedie, {str(dtype)[6:]}, eager, untrained weights "
+          "(the cache's savings depend only on the noise schedule)")
+    print(f"{'model':<28}{'steps':>7}{'seconds':>9}{'tokens/s':>10}{'evals/s':>9}{'evals':>7}{'seqs':>7}")
+    rows = [("sigma-conditioned", dict(), False)]
+    if cfg["graph"] == "absorb":
+        rows += [("sigma-free, no cache", dict(cond_sigma=False), False), ("sigma-free + cache", dict(cond_sigma=False), True)]
+    for name, overrides, cache in rows:
+        model = build_model(cfg, graph, dropout=0.0, **overrides).to(device).eval()
+        for m in multiples if cache else multiples[:1]:
+            stats = {}
+            torch.manual_seed(cfg["seed"])
+            sync(device)
+            start = time.perf_counter()
+            with ctx:
+                sample(model, graph, noise, (B, L), m * L, device=device, cache=cache, stats=stats)
+            sync(device)
+            sec = time.perf_counter() - start
+            print(f"{name:<28}{m * L:>7}{sec:>9.2f}{B * L / sec:>10,.0f}{stats['network_evals'] / sec:>9.1f}"
+                  f"{stats['network_evals']:>7}{stats['sequence_evals']:>7}")
+    print("evals: forward passes; seqs: sequences through the network (the cache passes only changed ones)")
+
+
+def check_quality(cfg, iters, device, graph, noise):
+    """Val ELBO after `iters` train.py steps: float32 eager vs train.py's path, same seed and eval."""
+    dtype, compiled = train.pick_dtype(cfg["dtype"], device), train.pick_compile(cfg["compile"], device)
+    runs = {"float32 eager": dict(dtype="float32", compile=False),
+            f"train.py's path ({str(dtype)[6:]}{', compiled' if compiled else ', eager'})": dict()}
+    eval_data = train.Data(cfg, "val")
+    unit = "bits per character" if eval_data.meta["tokenizer"] == "chars" else "bits per token"
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, overrides) in enumerate(runs.items()):
+            out = os.path.join(tmp, str(i))
+            run = {**cfg, **overrides, "out_dir": out, "init_from": "scratch", "max_iters": iters,
+                   "eval_interval": iters, "eval_batches": 1, "eval_n_t": 1, "sample_steps": 1}
+            start, log = time.perf_counter(), io.StringIO()
+            with redirect_stdout(log):  # train.py's progress lines; shown only if it fails
+                try:
+                    train.train(run)
+                except BaseException:
+                    sys.stdout.write(log.getvalue())
+                    raise
+            model = SEDD.from_pretrained(out).to(device)  # the EMA weights, as train.py exports them
+            results[name] = train.evaluate(model, graph, noise, eval_data, cfg, device, nullcontext())
+            print(f"{name:<36} val ELBO {results[name]['bits']:.4f} +- {results[name]['bits_se']:.4f} {unit} "
+                  f"({time.perf_counter() - start:.0f}s)")
+    (a, b) = results.values()
+    print(f"difference: {b['bits'] - a['bits']:+.4f} {unit}; the same {a['n']} val sequences and the same t and x_t "
+          f"({cfg['eval_n_t']} per sequence) for both, evaluated in float32")
+
+
+def main(argv):
+    bench, rest = split_args(argv)
+    if all(arg.startswith("--") for arg in rest):  # no config file named: the default one
+        rest = ["config/text8_tiny.py"] + rest
+    for name in bench["variants"].split(","):
+        if name not in BENCH["variants"].split(","):
+            raise SystemExit(f"bench.py: unknown variant {name!r}; choose from {BENCH['variants']}")
+    cfg = train.load_config(rest)
+    device = train.pick_device(cfg["device"], 0)
+    meta = load_meta(os.path.join(cfg["data_dir"], cfg["dataset"]))
+    graph, noise = get_graph(cfg["graph"], meta["n_tokens"]), get_noise(cfg["noise"])
+    model = build_model(cfg, graph)
+    print(f"bench.py {' '.join(argv)}\n{cfg['dataset']}: {cfg['n_layer']} layers, {cfg['n_embd']} hidden, "
+          f"{cfg['n_head']} heads, length {cfg['block_size']}; {model.num_params():,} parameters; device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+             f", {torch.get_num_threads()} threads") + f"; torch {torch.__version__}")
+    peaks = {torch.float32: train.peak_flops(device, torch.float32, repeats=10)}
+    if train.pick_dtype("auto", device) == torch.bfloat16:
+        peaks[torch.bfloat16] = train.peak_flops(device, torch.bfloat16, repeats=10)
+    what = "vendor dense bf16 figure, used for every dtype" if device.type == "cuda" else "measured 2048^3 matmul, median of 10"
+    print("peak FLOP/s (" + what + "): " + ", ".join(f"{str(k)[6:]} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()))
+    start = time.perf_counter()
+    bench_training(cfg, bench, device, graph, noise, peaks)
+    print(f"({time.perf_counter() - start:.0f}s)")
+    if bench["sample"]:
+        start = time.perf_counter()
+        bench_sampling(cfg, bench, device, graph, noise)
+        print(f"({time.perf_counter() - start:.0f}s)")
+    if bench["quality_iters"] > 0:
+        print(f"\nquality: val ELBO after {bench['quality_iters']} steps of train.py, same seed")
+        check_quality(cfg, bench["quality_iters"], device, graph, noise)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
