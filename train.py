@@ -329,7 +329,8 @@ def train(cfg):
         optimizer.load_state_dict(ckpt["optimizer"])
         iter_num, n_updates, n_skipped = ckpt["iter_num"], ckpt["n_updates"], ckpt["n_skipped"]
         generator.set_state(ckpt["rng"]["data"])
-        torch.set_rng_state(ckpt["rng"]["torch"][rank] if rank < len(ckpt["rng"]["torch"]) else torch.get_rng_state())
+        if len(ckpt["rng"]["torch"]) == world:  # same number of processes: dropout continues exactly
+            torch.set_rng_state(ckpt["rng"]["torch"][rank])
 
     if cfg["eval_only"]:
         if master:
