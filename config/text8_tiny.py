@@ -1,4 +1,4 @@
-# A tiny absorbing SEDD on text8 that trains on a laptop CPU in about 10 minutes.
+# A tiny absorbing SEDD on text8 that trains on a laptop CPU in about 11 minutes (2.936 bpc on val here).
 # python prepare.py text8 && python train.py config/text8_tiny.py
 out_dir = "out/text8_tiny"
 dataset = "text8"
