@@ -817,6 +817,34 @@ def test_unigram_entropy():
     assert sampling.unigram_entropy([[5, 5, 5, 5], [0, 1, 2, 3]]) == pytest.approx(math.log(4) / 2)
 
 
+def test_real_word_rate_and_cli(tmp_path, capsys, float32):
+    (tmp_path / "mat.txt").write_text("the cat sat on the mat " * 100)  # train: the first 90 copies
+    prepare.main(["chars", "--src", str(tmp_path / "mat.txt"), "--out_dir", str(tmp_path)])
+    words = sampling.dataset_words(str(tmp_path / "mat"))
+    assert words == "the cat sat on the mat".split() * 90
+    vocabulary = set(words)
+    # counted: the dog sat | (none) | cat mat on: 5 real of 6 (each sample's first and last are cut)
+    assert sampling.real_word_rate(["xx the dog sat yy", "a b", " cut cat mat on cut "], vocabulary) == 5 / 6
+    with pytest.raises(ValueError, match="no word to check"):
+        sampling.real_word_rate(["a b", "c"], vocabulary)
+    (tmp_path / "bpe").mkdir()
+    (tmp_path / "bpe" / "meta.json").write_text(json.dumps(dict(name="bpe", tokenizer="gpt2", n_tokens=50257)))
+    with pytest.raises(ValueError, match="character-level"):
+        sampling.dataset_words(str(tmp_path / "bpe"))
+
+    chars = " abcdefghijklmnopqrstuvwxyz"
+    SEDD(tiny(vocab_size=len(chars) + 1, block_size=24)).save_pretrained(tmp_path / "ckpt", "absorb", "loglinear")
+    (tmp_path / "ckpt" / "meta.json").write_text(json.dumps(dict(name="az", tokenizer="chars", chars=chars,
+                                                                 n_tokens=len(chars))))
+    argv = ["--ckpt", str(tmp_path / "ckpt"), "--steps", "8", "--batch_size", "3", "--prefix", "the cat sat "]
+    texts = sampling.main(argv + ["--real_words", str(tmp_path / "mat")])
+    rate = sampling.real_word_rate(texts, vocabulary)
+    assert rate > 0 and f"real words {rate:.1%} " in capsys.readouterr().out
+    for bad, msg in [("missing", "prepare the dataset first"), ("bpe", "character-level")]:
+        with pytest.raises(SystemExit, match=msg):
+            sampling.main(argv + ["--real_words", str(tmp_path / bad)])
+
+
 def test_cli_gen_ppl(tmp_path, capsys, monkeypatch, gpt2_bpe, float32):
     transformers = pytest.importorskip("transformers")
     chars = " abcdefghij"
