@@ -4,12 +4,14 @@
     python bench.py config/text8.py --batch_size=8   # any train.py config and --key=value overrides
     python bench.py --variants=fp32,bf16 --sample=False   # shorter (bench.py's own keys: BENCH)
     python bench.py --quality_iters=300              # also: val ELBO after 300 steps, fp32 vs default
+    python bench.py --help                           # bench.py's settings
 
 - Peak FLOP/s (MFU's denominator): on CPU a measured 2048^3 matmul in float32 and in bfloat16,
   median of 10 (train.peak_flops, which train.py's MFU uses too); on CUDA the vendor's dense
   bf16 figure.
-- Training: a full train.py step (draw_step's batch, forward + loss_fn, backward, clipping,
-  AdamW, EMA) of a fresh model per variant: float32 or bf16 autocast, eager or torch.compile.
+- Training: train.py's own step (train.Trainer.step: draw_step's batch, forward + loss_fn,
+  backward, clipping, AdamW, EMA with its warm-up) of a fresh model per variant: float32 or bf16
+  autocast, eager or torch.compile.
   Variants are timed round-robin (one window of each, `rounds` times), so the load of a shared
   machine hits all alike; tokens/s are medians over rounds, speed-ups medians of the per-round
   ratios to float32 eager. MFU = estimate_flops_per_token() * tokens/s / peak of its dtype.
@@ -22,7 +24,6 @@
   float32, the same t and x_t) and their difference.
 """
 import ast
-import copy
 import io
 import os
 import statistics
@@ -35,11 +36,10 @@ import torch
 
 import train
 from graph import get_graph
-from loss import loss_fn
-from model import SEDD, SEDDConfig
+from model import SEDD, pick_device
 from noise import get_noise
-from prepare import load_meta
-from sampling import sample
+from prepare import fail, load_meta
+from sampling import draw_dtype, sample
 
 BENCH = dict(
     variants="fp32,bf16,fp32_compile,bf16_compile",  # any of these, comma-separated
@@ -73,39 +73,20 @@ def split_args(argv):
 
 def build_model(cfg, graph, **overrides):
     torch.manual_seed(cfg["seed"])  # the same initial weights in every variant
-    kw = dict(vocab_size=graph.dim, n_embd=cfg["n_embd"], cond_dim=cfg["cond_dim"], n_layer=cfg["n_layer"],
-              n_head=cfg["n_head"], block_size=cfg["block_size"], dropout=cfg["dropout"],
-              scale_by_sigma=cfg["graph"] == "absorb", cond_sigma=cfg["cond_sigma"])
-    return SEDD(SEDDConfig(**{**kw, **overrides}))
+    return train.build_model({**cfg, **overrides}, graph.dim)
 
 
 def make_step(cfg, data, graph, noise, device, dtype, compiled):
     """One variant's train.py step on a fresh model: returns step() and state_bytes() (its
     weights, EMA and AdamW moments: the memory that stays between steps)."""
-    model = build_model(cfg, graph).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
-                            eps=1e-8, weight_decay=cfg["weight_decay"])
-    net = torch.compile(model) if compiled else model
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    generator = torch.Generator().manual_seed(cfg["seed"])
-    micro = cfg["gradient_accumulation_steps"]
-
-    def step():
-        x0, t, x_t = (v.to(device) for v in train.draw_step(cfg, data, graph, noise, generator))
-        for rows in torch.arange(len(x0)).split(cfg["batch_size"]):
-            with ctx:
-                loss = loss_fn(net, graph, noise, x0[rows], t=t[rows], x_t=x_t[rows]).mean() / micro
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg["ema_decay"])
-        opt.zero_grad(set_to_none=True)
+    variant = {**cfg, "dtype": str(dtype)[6:], "compile": compiled}
+    run = train.Trainer(variant, build_model(cfg, graph), graph, noise, data, device)
 
     def state_bytes():
-        tensors = [*model.parameters(), *ema.parameters(), *(v for s in opt.state.values() for v in s.values())]
+        opt_state = [v for s in run.optimizer.state.values() for v in s.values()]
+        tensors = [*run.model.parameters(), *run.ema_model.parameters(), *opt_state]
         return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
-    return step, state_bytes
+    return run.step, state_bytes
 
 
 def sync(device):
@@ -194,7 +175,8 @@ def bench_sampling(cfg, bench, device, graph, noise):
             sync(device)
             start = time.perf_counter()
             with ctx:
-                sample(model, graph, noise, (B, L), m * L, device=device, cache=cache, stats=stats)
+                sample(model, graph, noise, (B, L), m * L, dtype=draw_dtype(device), device=device, cache=cache,
+                       stats=stats)
             sync(device)
             sec = time.perf_counter() - start
             print(f"{name:<28}{m * L:>7}{sec:>9.2f}{B * L / sec:>10,.0f}{stats['network_evals'] / sec:>9.1f}"
@@ -232,15 +214,22 @@ def check_quality(cfg, iters, device, graph, noise):
 
 
 def main(argv):
+    if "-h" in argv or "--help" in argv:
+        print(__doc__ + "\nbench.py's own settings (any other --key=value is train.py's: python train.py --help):\n"
+              + train.settings_help(__file__, "BENCH"))
+        raise SystemExit(0)
     bench, rest = split_args(argv)
     if all(arg.startswith("--") for arg in rest):  # no config file named: the default one
         rest = ["config/text8_tiny.py"] + rest
     for name in bench["variants"].split(","):
         if name not in BENCH["variants"].split(","):
-            raise SystemExit(f"bench.py: unknown variant {name!r}; choose from {BENCH['variants']}")
+            fail(f"unknown variant {name!r}; choose from {BENCH['variants']}")
     cfg = train.load_config(rest)
-    device = train.pick_device(cfg["device"], 0)
-    meta = load_meta(os.path.join(cfg["data_dir"], cfg["dataset"]))
+    try:
+        device = pick_device(cfg["device"])
+        meta = load_meta(os.path.join(cfg["data_dir"], cfg["dataset"]))
+    except (ValueError, FileNotFoundError) as e:
+        fail(e)
     graph, noise = get_graph(cfg["graph"], meta["n_tokens"]), get_noise(cfg["noise"])
     model = build_model(cfg, graph)
     print(f"bench.py {' '.join(argv)}\n{cfg['dataset']}: {cfg['n_layer']} layers, {cfg['n_embd']} hidden, "

@@ -56,18 +56,16 @@ class SEDDConfig:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with a weight and no bias, normalised in float32 even under autocast."""
+    """The weight (no bias) of a LayerNorm; norm_modulate applies it together with adaLN."""
 
     def __init__(self, dim):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
-        return F.layer_norm(x.float(), (x.shape[-1],)).type_as(x) * self.weight
-
 
 def norm_modulate(norm, x, shift, scale):
-    """adaLN: norm(x) * (1 + scale) + shift, with shift and scale [B, 1, H] from the conditioning.
+    """adaLN: LayerNorm(x) * (1 + scale) + shift, with shift and scale [B, 1, H] from the
+    conditioning; the normalisation runs in float32 even under autocast.
 
     The same numbers up to float rounding in fewer passes over the [B, L, H] activations, which
     cost as much as the matmuls of a small model on a CPU: the [B, 1, H] factors
@@ -233,7 +231,7 @@ class SEDD(nn.Module):
         return n - self.vocab_embed.embedding.numel() if non_embedding else n
 
     def estimate_flops_per_token(self):
-        """Training FLOPs per token = 6 N + 12 n_layer n_embd block_size (GUIDE sec. 6).
+        """Training FLOPs per token = 6 N + 12 n_layer n_embd block_size, as in nanoGPT's MFU.
 
         N counts the per-token path: qkv, attention out, MLP, LayerNorm weights and the output
         linear; not the input embedding (a lookup), nor the adaLN layers or sigma_map (once per
@@ -248,13 +246,15 @@ class SEDD(nn.Module):
     # ---- checkpoints in the official Hugging Face layout: config.json + weights ----
 
     @classmethod
-    def from_pretrained(cls, name_or_dir):
+    def from_pretrained(cls, name_or_dir, dropout=None):
         """Load an SEDD checkpoint from a local directory or a hub id such as louaaron/sedd-small.
 
         Returns the model in eval mode, with the diffusion it was trained for as attributes
-        model.graph_name ("absorb" | "uniform") and model.noise_name ("loglinear" | "geometric");
-        build them with get_graph(model.graph_name, n_tokens) and get_noise(model.noise_name),
+        model.graph_name ("absorb" | "uniform") and model.noise_config (the checkpoint's "noise"
+        entry: {"type": "loglinear" | "geometric", its parameters}); build them with
+        get_graph(model.graph_name, n_tokens) and noise.noise_from_config(model.noise_config),
         where n_tokens = vocab_size - 1 for absorb (MASK excluded), else vocab_size.
+        dropout: replaces the checkpoint's rate (fine-tuning chooses its own, as in nanoGPT).
         """
         path = _checkpoint_dir(name_or_dir)
         cfg_file = os.path.join(path, "config.json")
@@ -263,12 +263,15 @@ class SEDD(nn.Module):
         with open(cfg_file) as f:
             hf = json.load(f)
         try:
-            graph, noise, m = hf["graph"]["type"], hf["noise"]["type"], hf["model"]
+            graph, noise, m = hf["graph"]["type"], {"type": hf["noise"]["type"], **hf["noise"]}, hf["model"]
             if graph not in ("absorb", "uniform"):
                 raise ValueError(f"{cfg_file}: unknown graph.type {graph!r}")
+            # "length" is optional: the official code never reads it (rotary has no position
+            # table), and the official models were trained at the default 1024 tokens
             config = SEDDConfig(vocab_size=hf["tokens"] + (graph == "absorb"), n_embd=m["hidden_size"],
                                 cond_dim=m["cond_dim"], n_layer=m["n_blocks"], n_head=m["n_heads"],
-                                block_size=m["length"], dropout=m["dropout"],
+                                block_size=m.get("length", SEDDConfig.block_size),
+                                dropout=m["dropout"] if dropout is None else dropout,
                                 scale_by_sigma=m["scale_by_sigma"], cond_sigma=m.get("cond_sigma", True))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{cfg_file} is not an SEDD config (missing or malformed entry {e})") from None
@@ -288,16 +291,17 @@ class SEDD(nn.Module):
             model.load_state_dict(state)  # strict: every name and shape must match
         except RuntimeError as e:
             raise RuntimeError(f"the weights in {path} do not match its config.json:\n{e}") from None
-        model.graph_name, model.noise_name = graph, noise
+        model.graph_name, model.noise_config = graph, noise
         return model.eval()
 
-    def save_pretrained(self, out_dir, graph_name, noise_name):
-        """Write config.json + pytorch_model.bin in the layout from_pretrained reads."""
+    def save_pretrained(self, out_dir, graph_name, noise_config):
+        """Write config.json + pytorch_model.bin in the layout from_pretrained reads.
+        noise_config: {"type": "loglinear" | "geometric", its parameters} (noise.noise_config)."""
         if graph_name not in ("absorb", "uniform"):
             raise ValueError(f"graph_name must be 'absorb' or 'uniform', not {graph_name!r}")
         c = self.config
         hf = {"tokens": c.vocab_size - (graph_name == "absorb"),
-              "graph": {"type": graph_name}, "noise": {"type": noise_name},
+              "graph": {"type": graph_name}, "noise": dict(noise_config),
               "model": {"hidden_size": c.n_embd, "cond_dim": c.cond_dim, "length": c.block_size,
                         "n_blocks": c.n_layer, "n_heads": c.n_head, "scale_by_sigma": c.scale_by_sigma,
                         "dropout": c.dropout, "cond_sigma": c.cond_sigma}}
@@ -320,8 +324,29 @@ def _checkpoint_dir(name_or_dir):
     except ImportError:
         raise ImportError(f"{name_or_dir!r} is not a local directory; to download it from the Hugging Face "
                           "hub: pip install huggingface_hub safetensors") from None
-    # one weights file only: prefer safetensors, fall back to the .bin of older uploads
-    path = snapshot_download(name_or_dir, allow_patterns=["config.json", "model.safetensors"])
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        path = snapshot_download(name_or_dir, allow_patterns=["config.json", "pytorch_model.bin"])
+    try:  # one weights file only: prefer safetensors, fall back to the .bin of older uploads
+        path = snapshot_download(name_or_dir, allow_patterns=["config.json", "model.safetensors"])
+        if not os.path.isfile(os.path.join(path, "model.safetensors")):
+            path = snapshot_download(name_or_dir, allow_patterns=["config.json", "pytorch_model.bin"])
+    except Exception as e:  # offline, no such repository, ...: one line, not the hub's traceback
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FileNotFoundError(f"{name_or_dir!r} is not a local directory (train.py writes one per run), and "
+                                f"downloading it as a Hugging Face hub id failed: {first_line}") from None
     return path
+
+
+def pick_device(name="auto", index=0):
+    """The torch device called `name`: "auto" (CUDA, then Apple MPS, then the CPU), "cpu",
+    "cuda" (GPU `index`, e.g. the process's local rank), "cuda:N" or "mps". Raises ValueError,
+    naming the fix, for an unknown or unavailable device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda (or cuda:N) or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine has no CUDA GPU that PyTorch can use "
+                         "(torch.cuda.is_available() is False); use device auto or cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: Apple's MPS is not available here; use device auto or cpu")
+    return torch.device(f"cuda:{index}" if name == "cuda" else name)

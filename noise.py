@@ -15,6 +15,7 @@ Schedules (appendix C):
 - geometric: sigma_bar(t) = sigma_min^(1 - t) sigma_max^t. The official release uses
   sigma_min = 1e-4, sigma_max = 20 (the paper's text says 1e-5); we follow the release.
 """
+import inspect
 import math
 
 import torch
@@ -51,3 +52,17 @@ def get_noise(name, **kwargs):
     if name not in NOISES:
         raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(NOISES)}")
     return NOISES[name](**kwargs)
+
+
+def noise_config(noise):
+    """A schedule as a checkpoint's config.json stores it: {"type": name, its parameters}."""
+    name = next(name for name, cls in NOISES.items() if type(noise) is cls)
+    return {"type": name, **vars(noise)}
+
+
+def noise_from_config(config):
+    """The schedule of a checkpoint's "noise" entry. Only the parameters the schedule takes are
+    passed: the official log-linear configs also carry sigma_min and sigma_max, which only the
+    geometric schedule uses."""
+    params = inspect.signature(NOISES[config["type"]]).parameters if config["type"] in NOISES else {}
+    return get_noise(config["type"], **{k: v for k, v in config.items() if k in params})

@@ -13,7 +13,7 @@ meta.json says how to turn ids back into text:
     python prepare.py text8 [--src text8.zip] [--proportional]  27 characters, 90M/5M/5M split
     python prepare.py chars --src input.txt [--name NAME]       your own text, character level
     python prepare.py owt [--num_proc 8]                        OpenWebText, GPT-2 BPE
-    python prepare.py zeroshot --set lambada|wikitext2|wikitext103|ptb|lm1b|all   (Table 1)
+    python prepare.py zeroshot --set lambada|wikitext2|wikitext103|ptb|lm1b|...|all   (Table 1)
 
 Every command takes --out_dir (default data) and --force. owt and zeroshot need the
 `datasets` package (pip install datasets). meta.json is written last, after every .bin is
@@ -39,8 +39,9 @@ ZEROSHOT_BLOCK = 1024  # GPT-2's context: the paper scores 1024-token rows, no s
 
 
 def fail(msg):
-    # mistakes a user can fix end in one readable line, not a traceback
-    raise SystemExit(f"prepare.py: error: {msg}")
+    """Stop a command-line tool (this one, train.py, sampling.py, bench.py) on a mistake the user
+    can fix: one readable line naming the problem and the fix, exit status 1, no traceback."""
+    raise SystemExit(f"{os.path.basename(sys.argv[0])}: error: {msg}")
 
 
 # -----------------------------------------------------------------------------
@@ -380,17 +381,20 @@ def lambada_detokenizer(s):
     return "\n" + s.replace("\u201c", '"').replace("\u201d", '"').strip()
 
 
-# set: (Hugging Face repo, config, revision, text column, detokenizer); all parquet, test split.
+# set: (Hugging Face repo, config, revision, split, text column, detokenizer); all parquet.
 # lambada is OpenAI's LAMBADA test file (the one the release downloads); the loading-script
-# repos (ptb, lm1b) are read from the Hub's auto-converted parquet branch.
+# repos (ptb, lm1b) are read from the Hub's auto-converted parquet branch. WikiText-2's test
+# split is the very text of WikiText-103's, so a WikiText2 column that differs from the
+# WikiText103 one (as the paper's does) scores WikiText-2's train split: that is wikitext2;
+# wikitext2_test scores the test split.
 ZEROSHOT = {
-    "lambada": ("EleutherAI/lambada_openai", "default", None, "text", lambada_detokenizer),
-    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", None, "text", wikitext_detokenizer),
-    "wikitext103": ("Salesforce/wikitext", "wikitext-103-raw-v1", None, "text",
-                    wikitext_detokenizer),
-    "ptb": ("ptb-text-only/ptb_text_only", "penn_treebank", "refs/convert/parquet", "sentence",
+    "lambada": ("EleutherAI/lambada_openai", "default", None, "test", "text", lambada_detokenizer),
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", None, "train", "text", wikitext_detokenizer),
+    "wikitext2_test": ("Salesforce/wikitext", "wikitext-2-raw-v1", None, "test", "text", wikitext_detokenizer),
+    "wikitext103": ("Salesforce/wikitext", "wikitext-103-raw-v1", None, "test", "text", wikitext_detokenizer),
+    "ptb": ("ptb-text-only/ptb_text_only", "penn_treebank", "refs/convert/parquet", "test", "sentence",
             ptb_detokenizer),
-    "lm1b": ("billion-word-benchmark/lm1b", "plain_text", "refs/convert/parquet", "text",
+    "lm1b": ("billion-word-benchmark/lm1b", "plain_text", "refs/convert/parquet", "test", "text",
              lm1b_detokenizer),
 }
 
@@ -401,15 +405,15 @@ def prepare_zeroshot(args):
         if already_prepared(out, args.force):
             continue
         datasets = require_datasets()
-        repo, config, revision, key, detokenizer = ZEROSHOT[name]
-        ds = datasets.load_dataset(repo, config, revision=revision, split="test")
+        repo, config, revision, split, key, detokenizer = ZEROSHOT[name]
+        ds = datasets.load_dataset(repo, config, revision=revision, split=split)
         # As in the SEDD release: every row (a line, sentence or passage; empty WikiText lines
         # too) is detokenized, tokenised and followed by EOT, and the rows are concatenated.
         # Unlike the release, which cuts rows per batch of 1,000, the WHOLE stream is cut into
         # 1024-token rows, dropping only its final partial row.
         write_gpt2_dataset(out, {"test": ds}, {
-            "name": name, "source": f"{repo} ({config}, {revision or 'main'}), test split",
-            "split": f"test split only, detokenized, cut into rows of {ZEROSHOT_BLOCK} tokens"},
+            "name": name, "source": f"{repo} ({config}, {revision or 'main'}), {split} split",
+            "split": f"{split} split only, detokenized, cut into rows of {ZEROSHOT_BLOCK} tokens"},
             key=key, detokenizer=detokenizer, num_proc=args.num_proc, block_size=ZEROSHOT_BLOCK)
 
 

@@ -25,8 +25,8 @@ that depends on x_t only, shifted by an exact function of sigma; steps that chan
 then need no new network evaluation (ScoreFn below). With many steps most are skipped.
 
     python sampling.py --ckpt out/text8_tiny --steps 256 --prefix "the king" --show_steps 4
-    python sampling.py --pretrained louaaron/sedd-small --length 128 --suffix " the end."
-    python sampling.py --pretrained louaaron/sedd-small --steps 1024 --batch_size 8 --gen_ppl gpt2-large
+    python sampling.py --ckpt louaaron/sedd-small --length 128 --suffix " the end."
+    python sampling.py --ckpt louaaron/sedd-small --steps 1024 --batch_size 8 --gen_ppl gpt2-large
     python sampling.py --ckpt out/text8_hour --steps 256 --batch_size 32 --real_words data/text8
 
 Sample quality (Section 5.2): generative_perplexity scores samples with a judge LM (GPT-2 large
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 from graph import Absorbing, get_graph
-from model import SEDD
-from noise import get_noise
-from prepare import get_tokenizer, gpt2_encoding, load_meta
+from model import SEDD, pick_device
+from noise import noise_from_config
+from prepare import fail, get_tokenizer, gpt2_encoding, load_meta
 
 
 def sample_categorical(probs, dtype=torch.float64):
@@ -72,10 +72,20 @@ def sample_categorical(probs, dtype=torch.float64):
     return probs.div_(u.log_().neg_()).argmax(-1)
 
 
+def draw_dtype(device):
+    """float64 for sampling's probabilities and draws (see sample_categorical), or float32 on a
+    device that has no float64, such as Apple's MPS. Asks the device itself."""
+    try:
+        torch.zeros(1, dtype=torch.float64, device=device)
+        return torch.float64
+    except (TypeError, RuntimeError):
+        return torch.float32
+
+
 class ScoreFn:
     """Calls the network and counts its evaluations (forward passes and sequences).
 
-    Cache (issue 4): a sigma-free network (model.config.cond_sigma == False) computes
+    Cache: a sigma-free network (model.config.cond_sigma == False) computes
     log s = f(x_t) - shift(sigma), then sets the entry of the input token to 0, where
     shift = log(e^sigma - 1) + log(dim - 1) for scale_by_sigma (the exact sigma factor of the
     absorbing score) and 0 otherwise. f(x_t) of a sequence that did not change since its last
@@ -308,25 +318,12 @@ def render(ids, decode, mask=None):
 
 # -----------------------------------------------------------------------------
 
-def fail(msg):
-    # mistakes a user can fix end in one readable line, not a traceback
-    raise SystemExit(f"sampling.py: error: {msg}")
-
-
-def auto_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def main(argv=None):
     """The CLI; returns the decoded samples."""
     parser = argparse.ArgumentParser(description="Sample text from an SEDD model (Algorithms 2 and 3).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="a training output directory: config.json, pytorch_model.bin, meta.json")
-    source.add_argument("--pretrained", help="a hub id such as louaaron/sedd-small, or a local directory in that layout")
+    parser.add_argument("--ckpt", required=True,
+                        help="a training output directory (config.json, pytorch_model.bin, meta.json, e.g. "
+                             "out/text8_tiny) or a hub id such as louaaron/sedd-small")
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--predictor", choices=["analytic", "euler"], default="analytic")
     parser.add_argument("--batch_size", type=int, default=4)
@@ -344,16 +341,19 @@ def main(argv=None):
                              "DATA_DIR, a character-level dataset such as data/text8")
     args = parser.parse_args(argv)
 
-    path = args.ckpt or args.pretrained
-    if args.ckpt and not os.path.isdir(args.ckpt):
-        fail(f"no checkpoint directory {args.ckpt!r} (train.py writes one per run, e.g. out/text8_tiny)")
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) < 1:
+            fail(f"--{name} must be at least 1, not {getattr(args, name)}")
     try:
-        model = SEDD.from_pretrained(path)
+        device = pick_device(args.device)
+        model = SEDD.from_pretrained(args.ckpt)
+        noise = noise_from_config(model.noise_config)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         fail(e)
+    path = args.ckpt
     absorb = model.graph_name == "absorb"
     n_tokens = model.config.vocab_size - absorb
-    graph, noise = get_graph(model.graph_name, n_tokens), get_noise(model.noise_name)
+    graph = get_graph(model.graph_name, n_tokens)
     # a training run stores its dataset's meta.json; official checkpoints are GPT-2 BPE
     local_meta = os.path.isfile(os.path.join(path, "meta.json"))
     meta = load_meta(path) if local_meta else {"name": "GPT-2 BPE", "tokenizer": "gpt2", "n_tokens": 50257}
@@ -379,8 +379,7 @@ def main(argv=None):
         except (OSError, ValueError) as e:
             fail(e)
 
-    device = auto_device() if args.device == "auto" else args.device
-    dtype = torch.float32 if str(device).startswith("mps") else torch.float64  # MPS has no float64
+    dtype = draw_dtype(device)
     torch.manual_seed(args.seed)
     model.to(device)
     shown = {round(args.steps * k / (args.show_steps + 1)) for k in range(1, args.show_steps + 1)}

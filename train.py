@@ -2,20 +2,25 @@
 
     python train.py config/text8_tiny.py                      # one process, CPU/MPS/GPU
     python train.py config/text8_tiny.py --batch_size=32      # --key=value overrides
+    python train.py --help                                    # every setting, its default and meaning
     torchrun --standalone --nproc_per_node=8 train.py config/owt_small.py
 
 Every step draws a global batch of random data windows x0, a noise level t per sequence and
 the noised x_t = sample_transition(x0, sigma_bar(t)), then minimises the DWDSE (loss.py;
-Theorem 3.6) averaged over the batch. Settings follow the paper and its release (GUIDE 3b):
+Theorem 3.6) averaged over the batch. Settings follow the paper and its official release:
 AdamW (0.9, 0.999), no weight decay, lr 3e-4 with linear warmup then constant, gradient
 clipping at 1, an EMA of the weights (used for evaluation, samples and the exported model).
 
 Reproducibility: all randomness of the data (windows, t, x_t) comes from one CPU generator,
 identical on every rank; each rank keeps its slice of the global batch. So N processes and one
-process with N times the accumulation see the same batch, and a resumed run continues exactly
-(every RNG state is in the checkpoint). The output directory holds ckpt.pt (for resume),
-config.json + pytorch_model.bin with the EMA weights (SEDD.from_pretrained / sampling.py
---ckpt read it), meta.json (the tokenizer) and log.csv (the loss curve).
+process accumulating N micro-batches train on the same batches and agree up to float rounding
+(the order of the gradient sums differs). The checkpoint holds the data generator and every
+rank's own generators (CPU, and CUDA or MPS: dropout), so a resumed run with the same number
+of processes continues exactly where the device's kernels are deterministic (on the CPU with
+the same thread count: bit for bit); with another number of processes, dropout restarts.
+The output directory holds ckpt.pt (for resume), config.json + pytorch_model.bin with the EMA
+weights (SEDD.from_pretrained / sampling.py --ckpt read it), meta.json (the tokenizer) and
+log.csv (the loss curve).
 """
 import ast
 import copy
@@ -23,7 +28,9 @@ import csv
 import difflib
 import math
 import os
+import re
 import shutil
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -33,12 +40,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from graph import get_graph
+from graph import GRAPHS, get_graph
 from loss import bits_per_token, elbo, loss_fn, perplexity, prior_loss
-from model import SEDD, SEDDConfig
-from noise import get_noise
-from prepare import get_tokenizer, load_meta
-from sampling import sample
+from model import SEDD, SEDDConfig, pick_device
+from noise import NOISES, get_noise, noise_config, noise_from_config
+from prepare import fail, get_tokenizer, load_meta
+from sampling import draw_dtype, sample
 
 DEFAULTS = dict(
     # I/O
@@ -61,12 +68,12 @@ DEFAULTS = dict(
     graph="absorb",        # "absorb" | "uniform"
     noise="loglinear",     # "loglinear" | "geometric"
     sampling_eps=1e-3,     # t ~ U[sampling_eps, 1]
-    # model (GUIDE 2; the paper's small model)
+    # model (the paper's small model; fine-tuning takes the pretrained model's shape)
     n_layer=12,
     n_head=12,
     n_embd=768,
     cond_dim=128,
-    dropout=0.1,
+    dropout=0.1,           # also replaces a pretrained model's rate when fine-tuning
     cond_sigma=True,       # False: sigma-free network (absorbing only), which samplers can cache
     # optimiser (paper / release)
     learning_rate=3e-4,
@@ -85,17 +92,31 @@ DEFAULTS = dict(
     compile="auto",        # "auto" | True | False; auto: on for CUDA
     seed=1337,
 )
-MODEL_KEYS = ("graph", "noise", "n_layer", "n_head", "n_embd", "cond_dim", "cond_sigma", "block_size")
+MODEL_KEYS = ("graph", "noise", "n_layer", "n_head", "n_embd", "cond_dim", "cond_sigma")
 
 
-def fail(msg):
-    raise SystemExit(f"train.py: {msg}")
+def settings_help(path, name):
+    """Every setting of the `name = dict(...)` block in the file `path` as --key=default and its
+    comment, read from the source so that the help and the defaults cannot disagree."""
+    source = open(path).read()
+    block = source[source.index(f"{name} = dict(\n"):].split("\n)\n", 1)[0].splitlines()[1:]
+    lines = []
+    for line in block:
+        line = line.strip()
+        key_value = re.match(r"(\w+)=(.*?),\s*(#.*)?$", line)
+        if key_value:
+            key, value, comment = key_value.groups()
+            lines.append(f"  --{key}={ast.literal_eval(value)!s:<14} {comment or ''}".rstrip())
+        else:
+            lines.append(line.lstrip("# "))
+    return "\n".join(lines)
 
 
 def set_key(cfg, key, value, origin):
     if key not in cfg:
         close = difflib.get_close_matches(key, cfg, n=1)
-        fail(f"unknown config key {key!r} in {origin}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        fail(f"unknown config key {key!r} in {origin}" + (f" (did you mean {close[0]!r}?)" if close else "")
+             + "; python train.py --help lists them")
     default = cfg[key]
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -105,7 +126,12 @@ def set_key(cfg, key, value, origin):
 
 
 def load_config(argv):
-    """DEFAULTS, then each argument in order: a config file (plain Python assignments) or --key=value."""
+    """DEFAULTS, then each argument in order: a config file (plain Python assignments) or
+    --key=value; checked as a whole (check_config). -h / --help prints every setting."""
+    if "-h" in argv or "--help" in argv:
+        print("usage: python train.py [config/NAME.py ...] [--key=value ...]   (torchrun for several processes)\n"
+              "Config files and overrides apply in order, over these defaults:\n" + settings_help(__file__, "DEFAULTS"))
+        raise SystemExit(0)
     cfg = dict(DEFAULTS)
     for arg in argv:
         if arg.startswith("--"):
@@ -125,10 +151,34 @@ def load_config(argv):
             for key, value in namespace.items():
                 if not key.startswith("_"):
                     set_key(cfg, key, value, arg)
+    check_config(cfg)
     return cfg
 
 
+def check_config(cfg):
+    """The settings that would otherwise fail deep inside a run (or silently), as one line each."""
+    choices = dict(graph=sorted(GRAPHS), noise=sorted(NOISES), eval_split=["val", "test"],
+                   dtype=["auto", "float32", "bfloat16"], compile=["auto", True, False])
+    for key, allowed in choices.items():
+        if cfg[key] not in allowed:
+            hint = " (float16 would need loss scaling, which this loop does not do)" if cfg[key] == "float16" else ""
+            fail(f"--{key}={cfg[key]} is not one of {allowed}{hint}")
+    if not (cfg["init_from"] in ("scratch", "resume") or cfg["init_from"].startswith("pretrained:")):
+        fail(f"init_from must be 'scratch', 'resume' or 'pretrained:<hub id or dir>', not {cfg['init_from']!r}")
+    for key in ("block_size", "batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval",
+                "eval_n_t", "sample_steps", "n_layer", "n_head", "n_embd", "cond_dim"):
+        if cfg[key] < 1:
+            fail(f"--{key} must be at least 1, not {cfg[key]}")
+    if cfg["n_embd"] % cfg["n_head"] or (cfg["n_embd"] // cfg["n_head"]) % 2:
+        fail(f"--n_head={cfg['n_head']} must divide --n_embd={cfg['n_embd']} into heads of even size "
+             f"(rotary embeddings rotate pairs)")
+    if cfg["max_iters"] < cfg["warmup_iters"] and cfg["init_from"] != "resume" and not cfg["eval_only"]:
+        print(f"warning: max_iters={cfg['max_iters']} < warmup_iters={cfg['warmup_iters']}: the learning rate "
+              f"never reaches {cfg['learning_rate']}")
+
+
 def lr_at(cfg, it):
+    """Linear warmup to learning_rate, then constant (the paper) or a cosine down to min_lr."""
     if it < cfg["warmup_iters"]:
         return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
     if not cfg["decay_lr"]:
@@ -137,29 +187,32 @@ def lr_at(cfg, it):
     return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
-def peak_flops(device, dtype, n=2048, repeats=5):
+def update_ema(ema_model, model, n_updates, decay):
+    """ema <- d ema + (1 - d) weights after the n-th update, d = min(decay, (1 + n) / (10 + n)):
+    the warm-up lets the EMA of a short run follow the weights instead of its initial value."""
+    d = min(decay, (1 + n_updates) / (10 + n_updates))
+    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1 - d)
+
+
+def peak_flops(device, dtype, n=2048, repeats=10):
     """Peak FLOP/s for MFU: the vendor's dense bf16 figure on CUDA; on CPU (or MPS) the measured
-    throughput of an n x n matmul in `dtype`, median of `repeats` after one warm-up (bench.py
-    uses this same function)."""
+    throughput of an n x n matmul in `dtype`: the FASTEST of `repeats` timings after a warm-up,
+    since another load on the machine only ever slows a timing down (a median swings with it).
+    bench.py uses this same function."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         table = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
         return next((v for k, v in table.items() if k in name), 312e12)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up: the first call of a dtype sets up its kernels
+    for _ in range(2):
+        (a @ b).sum().item()  # warm-up: the first calls of a dtype set up its kernels and threads
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         (a @ b).sum().item()  # .item() waits for an asynchronous device (MPS)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / sorted(times)[len(times) // 2]
-
-
-def pick_device(name, local_rank):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    return 2 * n**3 / min(times)
 
 
 def pick_compile(setting, device):
@@ -175,26 +228,38 @@ def pick_dtype(name, device):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
+def build_model(cfg, vocab_size):
+    """A new SEDD of the config's shape, for a graph with vocab_size = graph.dim states."""
+    return SEDD(SEDDConfig(vocab_size=vocab_size, n_embd=cfg["n_embd"], cond_dim=cfg["cond_dim"],
+                           n_layer=cfg["n_layer"], n_head=cfg["n_head"], block_size=cfg["block_size"],
+                           dropout=cfg["dropout"], scale_by_sigma=cfg["graph"] == "absorb",
+                           cond_sigma=cfg["cond_sigma"]))
+
+
 class Data:
-    """Random windows of a uint16/uint32 token memmap (GUIDE 4)."""
+    """Random windows of block_size tokens from a uint16/uint32 token memmap (prepare.py)."""
 
     def __init__(self, cfg, split):
         self.dir = os.path.join(cfg["data_dir"], cfg["dataset"])
-        self.meta = load_meta(self.dir)
+        try:
+            self.meta = load_meta(self.dir)
+        except FileNotFoundError as e:
+            fail(e)
         self.path = os.path.join(self.dir, f"{split}.bin")
         if not os.path.exists(self.path):
             fail(f"{self.path} not found: prepare the {split} split with prepare.py")
         self.dtype, self.L = np.dtype(self.meta["dtype"]), cfg["block_size"]
         self.n = os.path.getsize(self.path) // self.dtype.itemsize
-        if self.n <= self.L:
-            fail(f"{self.path} has {self.n} tokens, fewer than block_size + 1 = {self.L + 1}")
+        if self.n < self.L:
+            fail(f"{self.path} has {self.n} tokens, fewer than block_size = {self.L}")
 
     def windows(self, starts):
         data = np.memmap(self.path, dtype=self.dtype, mode="r")  # reopened per batch: no memory growth
         return torch.from_numpy(np.stack([data[s:s + self.L].astype(np.int64) for s in starts.tolist()]))
 
     def random_batch(self, n, generator):
-        return self.windows(torch.randint(self.n - self.L, (n,), generator=generator))
+        # n - L + 1 possible starts: the last window ends at the last token
+        return self.windows(torch.randint(self.n - self.L + 1, (n,), generator=generator))
 
     def eval_batches(self, n_seq, batch_size):
         """Fixed windows aligned to multiples of block_size (the rows of zero-shot sets), spread
@@ -221,26 +286,112 @@ def draw_step(cfg, data, graph, noise, generator):
     return x0, t, x_t
 
 
+class Trainer:
+    """A run's state (model, its EMA, AdamW, the data generator, counters) and its optimiser
+    step. train.py's loop and bench.py run this same step."""
+
+    def __init__(self, cfg, model, graph, noise, data, device, ddp=False, rank=0, world=1):
+        self.cfg, self.model, self.graph, self.noise, self.data = cfg, model, graph, noise, data
+        self.rank, self.micro_steps = rank, cfg["gradient_accumulation_steps"] // world
+        self.dtype = pick_dtype(cfg["dtype"], device)
+        self.ctx = torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        self.device = device
+        model.to(device).train()  # train mode: dropout on (a pretrained model arrives in eval mode)
+        self.ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], eps=1e-8,
+                                           betas=(cfg["beta1"], cfg["beta2"]), weight_decay=cfg["weight_decay"])
+        net = torch.compile(model) if pick_compile(cfg["compile"], device) else model  # checkpoints use `model`
+        self.net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if ddp else net
+        self.generator = torch.Generator().manual_seed(cfg["seed"])  # data randomness: the same on every rank
+        self.iter_num = self.n_updates = self.n_skipped = 0
+
+    def step(self):
+        """One optimiser step; returns (this rank's mean DWDSE of the batch, a tensor; the lr)."""
+        cfg = self.cfg
+        lr = lr_at(cfg, self.iter_num)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x0, t, x_t = draw_step(cfg, self.data, self.graph, self.noise, self.generator)
+        n = self.micro_steps * cfg["batch_size"]
+        mine = slice(self.rank * n, (self.rank + 1) * n)
+        x0, t, x_t = x0[mine].to(self.device), t[mine].to(self.device), x_t[mine].to(self.device)
+        loss_sum = 0.0
+        for micro, rows in enumerate(torch.arange(n).split(cfg["batch_size"])):
+            last = micro == self.micro_steps - 1  # DDP averages the gradients across ranks only then
+            with (nullcontext() if last or not isinstance(self.net, DDP) else self.net.no_sync()), self.ctx:
+                loss = loss_fn(self.net, self.graph, self.noise, x0[rows], t=t[rows], x_t=x_t[rows]).mean() / self.micro_steps
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
+        if torch.isfinite(grad_norm):
+            self.optimizer.step()
+            self.n_updates += 1
+            update_ema(self.ema_model, self.model, self.n_updates, cfg["ema_decay"])
+        else:
+            self.n_skipped += 1  # non-finite gradients: skip the update, keep the count
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        return loss_sum, lr
+
+    def state_dict(self):
+        return dict(model=self.model.state_dict(), ema=self.ema_model.state_dict(),
+                    optimizer=self.optimizer.state_dict(), iter_num=self.iter_num, n_updates=self.n_updates,
+                    n_skipped=self.n_skipped, data_rng=self.generator.get_state())
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.ema_model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iter_num, self.n_updates, self.n_skipped = state["iter_num"], state["n_updates"], state["n_skipped"]
+        self.generator.set_state(state["data_rng"])
+
+
+def rng_state(device):
+    """This process's own generators: the CPU's, and the device's (dropout on CUDA or MPS)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])
+
+
+def gather(obj, ddp, world):
+    """[obj of rank 0, obj of rank 1, ...] on every rank (a list of one without torchrun)."""
+    if not ddp:
+        return [obj]
+    objs = [None] * world
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
 @torch.no_grad()
 def evaluate(model, graph, noise, data, cfg, device, ctx):
     """ELBO (Thm 3.6) of fixed evaluation windows: mean and standard error across sequences.
 
     The standard error is std / sqrt(n) over the per-sequence estimates, so it covers both the
     data and the Monte Carlo noise of t and x_t; the latter grows like log(1 / t_min) near
-    t = 0, which the stratified t of elbo() keeps in check."""
+    t = 0, which the stratified t of elbo() keeps in check. Mean and std are taken in Python
+    floats, so a device without float64 (Apple's MPS) needs none."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg["seed"])
-        nats = torch.cat([elbo_batch(model, graph, noise, x.to(device), cfg, ctx)
-                          for x in data.eval_batches(cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"])])
+        nats = []
+        for x in data.eval_batches(cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"]):
+            with ctx:
+                nats += elbo(model, graph, noise, x.to(device), n_t=cfg["eval_n_t"]).tolist()
     L = cfg["block_size"]
-    mean, se = nats.mean().item(), (nats.std().item() / math.sqrt(len(nats)) if len(nats) > 1 else float("nan"))
+    mean = statistics.fmean(nats)
+    se = statistics.stdev(nats) / math.sqrt(len(nats)) if len(nats) > 1 else float("nan")
     return dict(nats=mean, se=se, bits=bits_per_token(mean, L), bits_se=bits_per_token(se, L),
                 ppl=perplexity(mean, L), prior=prior_loss(graph, noise, L), n=len(nats))
-
-
-def elbo_batch(model, graph, noise, x0, cfg, ctx):
-    with ctx:
-        return elbo(model, graph, noise, x0, n_t=cfg["eval_n_t"]).cpu()
 
 
 def report(result, meta, split):
@@ -257,174 +408,144 @@ def save_atomic(obj, path):
     os.replace(tmp, path)  # a crash before this line leaves the previous file intact
 
 
-def export(ema_model, cfg, meta_dir):
+def export(ema_model, cfg, noise, meta_dir):
     """The EMA weights in the from_pretrained layout, plus meta.json for the tokenizer."""
     out = cfg["out_dir"]
     tmp = os.path.join(out, ".export")
-    ema_model.save_pretrained(tmp, cfg["graph"], cfg["noise"])
+    ema_model.save_pretrained(tmp, cfg["graph"], noise_config(noise))
     shutil.copy(os.path.join(meta_dir, "meta.json"), os.path.join(tmp, "meta.json"))
     for name in os.listdir(tmp):
         os.replace(os.path.join(tmp, name), os.path.join(out, name))
     os.rmdir(tmp)
 
 
-def train(cfg):
-    ddp = "RANK" in os.environ
-    if ddp:
-        local_rank = int(os.environ["LOCAL_RANK"])
-        device = pick_device(cfg["device"], local_rank)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-        device = pick_device(cfg["device"], 0)
-    master = rank == 0
-    if cfg["gradient_accumulation_steps"] % world:
-        fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be a multiple of the {world} processes")
-    micro_steps = cfg["gradient_accumulation_steps"] // world
-    dtype = pick_dtype(cfg["dtype"], device)
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    torch.manual_seed(cfg["seed"] + rank)  # dropout differs between ranks
-    generator = torch.Generator().manual_seed(cfg["seed"])  # data randomness: the same on every rank
-
+def init_model(cfg, meta):
+    """The model, graph and noise of the run, by init_from; cfg takes the model's shape when the
+    model comes from a checkpoint. Returns (model, graph, noise, checkpoint or None)."""
     ckpt = None
     if cfg["init_from"] == "resume":
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
         if not os.path.exists(path):
             fail(f"init_from='resume' but {path} does not exist")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        changed = [k for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
+        changed = [f"{k}={ckpt['config'][k]} (not {cfg[k]})" for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
         if changed:
-            fail(f"{path} was trained with different {changed}; resume with the same config")
-    if cfg["init_from"].startswith("pretrained:"):
-        model = SEDD.from_pretrained(cfg["init_from"].split(":", 1)[1])
+            print(f"resuming the model of {path}: {', '.join(changed)}")
+        cfg.update({k: ckpt["config"][k] for k in MODEL_KEYS})
+        noise = noise_from_config(ckpt["noise"])
+    elif cfg["init_from"].startswith("pretrained:"):
+        try:
+            model = SEDD.from_pretrained(cfg["init_from"].split(":", 1)[1], dropout=cfg["dropout"])
+            noise = noise_from_config(model.noise_config)  # e.g. a geometric schedule's sigma_min, sigma_max
+        except (OSError, ValueError, RuntimeError, ImportError) as e:
+            fail(e)
         c = model.config
-        cfg.update(graph=model.graph_name, noise=model.noise_name, n_layer=c.n_layer, n_head=c.n_head,
+        cfg.update(graph=model.graph_name, noise=model.noise_config["type"], n_layer=c.n_layer, n_head=c.n_head,
                    n_embd=c.n_embd, cond_dim=c.cond_dim, cond_sigma=c.cond_sigma)
-    elif cfg["init_from"] not in ("scratch", "resume"):
-        fail(f"init_from must be 'scratch', 'resume' or 'pretrained:<name or dir>', not {cfg['init_from']!r}")
-
-    train_data = Data(cfg, "train") if not cfg["eval_only"] else None
-    eval_data = Data(cfg, cfg["eval_split"] if cfg["eval_only"] else "val")
-    meta = eval_data.meta
-    graph, noise = get_graph(cfg["graph"], meta["n_tokens"]), get_noise(cfg["noise"])
+    else:
+        noise = get_noise(cfg["noise"])
+    graph = get_graph(cfg["graph"], meta["n_tokens"])
     if cfg["init_from"].startswith("pretrained:"):
         if model.config.vocab_size != graph.dim:
             fail(f"the pretrained model has {model.config.vocab_size} outputs but {cfg['dataset']} needs {graph.dim}")
     else:
-        model = SEDD(SEDDConfig(vocab_size=graph.dim, n_embd=cfg["n_embd"], cond_dim=cfg["cond_dim"],
-                                n_layer=cfg["n_layer"], n_head=cfg["n_head"], block_size=cfg["block_size"],
-                                dropout=cfg["dropout"], scale_by_sigma=cfg["graph"] == "absorb",
-                                cond_sigma=cfg["cond_sigma"]))
-    model.to(device)
-    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
-                                  eps=1e-8, weight_decay=cfg["weight_decay"])
-    iter_num, n_updates, n_skipped = 0, 0, 0
+        model = build_model(cfg, graph.dim)
+    return model, graph, noise, ckpt
+
+
+def train(cfg):
+    ddp = "RANK" in os.environ
+    rank, world, local_rank = 0, 1, 0
+    if ddp:
+        local_rank = int(os.environ["LOCAL_RANK"])
+    try:
+        device = pick_device(cfg["device"], local_rank)
+    except ValueError as e:
+        fail(e)
+    if ddp:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    master = rank == 0
+    if cfg["gradient_accumulation_steps"] % world:
+        fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be a multiple of the {world} processes")
+    torch.manual_seed(cfg["seed"] + rank)  # dropout differs between ranks
+
+    eval_data = Data(cfg, cfg["eval_split"] if cfg["eval_only"] else "val")
+    train_data = Data(cfg, "train") if not cfg["eval_only"] else None
+    meta = eval_data.meta
+    model, graph, noise, ckpt = init_model(cfg, meta)
+    run = Trainer(cfg, model, graph, noise, train_data, device, ddp, rank, world)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        ema_model.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        iter_num, n_updates, n_skipped = ckpt["iter_num"], ckpt["n_updates"], ckpt["n_skipped"]
-        generator.set_state(ckpt["rng"]["data"])
-        if len(ckpt["rng"]["torch"]) == world:  # same number of processes: dropout continues exactly
-            torch.set_rng_state(ckpt["rng"]["torch"][rank])
+        run.load_state_dict(ckpt)
+        if len(ckpt["rng"]) == world:  # same number of processes: dropout continues exactly
+            set_rng_state(ckpt["rng"][rank], device)
+        elif master:
+            print(f"note: {len(ckpt['rng'])} process(es) wrote the checkpoint, {world} resume it: dropout restarts")
+    draws = draw_dtype(device)
+    if master and draws != torch.float64:
+        print(f"note: {device} has no float64, so evaluation samples are drawn in float32 "
+              "(a slightly lower effective temperature: see sampling.sample_categorical)")
 
     if cfg["eval_only"]:
         if master:
-            print(report(evaluate(ema_model, graph, noise, eval_data, cfg, device, ctx), meta, cfg["eval_split"]))
+            print(report(evaluate(run.ema_model, graph, noise, eval_data, cfg, device, run.ctx), meta, cfg["eval_split"]))
         if ddp:
             dist.destroy_process_group()
         return
 
-    use_compile = pick_compile(cfg["compile"], device)
-    net = torch.compile(model) if use_compile else model  # checkpoints always use `model`: no _orig_mod.
-    if ddp:
-        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     tokens_per_iter = cfg["batch_size"] * cfg["gradient_accumulation_steps"] * cfg["block_size"]
     flops_per_token = model.estimate_flops_per_token()
-    peak = peak_flops(device, dtype) if master else 1.0
+    peak = peak_flops(device, run.dtype) if master else 1.0
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
         print(f"{model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding) on {device}, "
-              f"{dtype}, {world} process(es), {tokens_per_iter:,} tokens per iteration")
+              f"{run.dtype}, {world} process(es), {tokens_per_iter:,} tokens per iteration")
         log = open(os.path.join(cfg["out_dir"], "log.csv"), "a", newline="")
         writer = csv.writer(log)
         if log.tell() == 0:
             writer.writerow(["iter", "train_bits_per_token", "lr", "tokens_per_s", "mfu", "val_bits_per_token", "val_se"])
     _, decode = get_tokenizer(meta)
-    t_last, loss_sum = time.perf_counter(), 0.0
+    resumed_at = run.iter_num if ckpt is not None else None  # that evaluation and checkpoint are done
+    t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
 
     while True:
-        if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
-            rng = {"data": generator.get_state(), "torch": gather_rng(ddp, world)}
-        if master and (iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]):
-            result = evaluate(ema_model, graph, noise, eval_data, cfg, device, ctx)
-            print(f"iter {iter_num}: {report(result, meta, 'val')}")
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(iter_num)
-                with ctx:
-                    text = decode(sample(ema_model, graph, noise, (1, cfg["block_size"]), cfg["sample_steps"],
-                                         device=device)[0].tolist())
-            print(f"sample: {text[:300]!r}")
-            writer.writerow([iter_num, "", "", "", "", f"{result['bits']:.5f}", f"{result['bits_se']:.5f}"])
-            log.flush()
-            save_atomic(dict(model=model.state_dict(), ema=ema_model.state_dict(), optimizer=optimizer.state_dict(),
-                             iter_num=iter_num, n_updates=n_updates, n_skipped=n_skipped, config=cfg, rng=rng),
-                        os.path.join(cfg["out_dir"], "ckpt.pt"))
-            export(ema_model, cfg, eval_data.dir)
-            t_last = time.perf_counter()
-        if iter_num >= cfg["max_iters"]:
+        it = run.iter_num
+        if (it % cfg["eval_interval"] == 0 or it == cfg["max_iters"]) and it != resumed_at:
+            rngs = gather(rng_state(device), ddp, world)  # before any evaluation draws
+            if master:
+                result = evaluate(run.ema_model, graph, noise, eval_data, cfg, device, run.ctx)
+                print(f"iter {it}: {report(result, meta, 'val')}")
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(it)
+                    with run.ctx:
+                        text = decode(sample(run.ema_model, graph, noise, (1, cfg["block_size"]), cfg["sample_steps"],
+                                             dtype=draws, device=device)[0].tolist())
+                print(f"sample: {text[:300]!r}")
+                writer.writerow([it, "", "", "", "", f"{result['bits']:.5f}", f"{result['bits_se']:.5f}"])
+                log.flush()
+                save_atomic(dict(run.state_dict(), config=cfg, noise=noise_config(noise), rng=rngs),
+                            os.path.join(cfg["out_dir"], "ckpt.pt"))
+                export(run.ema_model, cfg, noise, eval_data.dir)
+            t_last, it_last = time.perf_counter(), it  # the evaluation is not training time
+        if it >= cfg["max_iters"]:
             break
 
-        lr = lr_at(cfg, iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x0, t, x_t = draw_step(cfg, train_data, graph, noise, generator)
-        mine = slice(rank * micro_steps * cfg["batch_size"], (rank + 1) * micro_steps * cfg["batch_size"])
-        x0, t, x_t = x0[mine].to(device), t[mine].to(device), x_t[mine].to(device)
-        for micro, rows in enumerate(torch.arange(len(x0)).split(cfg["batch_size"])):
-            sync = nullcontext() if not ddp or micro == micro_steps - 1 else net.no_sync()
-            with sync, ctx:
-                loss = loss_fn(net, graph, noise, x0[rows], t=t[rows], x_t=x_t[rows]).mean() / micro_steps
-            loss.backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-            n_updates += 1
-            decay = min(cfg["ema_decay"], (1 + n_updates) / (10 + n_updates))  # warm-up: early EMA follows the weights
-            torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1 - decay)
-        else:
-            n_skipped += 1  # non-finite gradients: skip the update, keep the count
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-
-        if master and iter_num % cfg["log_interval"] == 0:
-            elapsed = time.perf_counter() - t_last
-            tokens_per_s = tokens_per_iter * cfg["log_interval"] / elapsed
+        loss, lr = run.step()
+        loss_sum, loss_iters = loss_sum + loss, loss_iters + 1
+        if master and run.iter_num % cfg["log_interval"] == 0:
+            tokens_per_s = tokens_per_iter * (run.iter_num - it_last) / (time.perf_counter() - t_last)
             mfu = flops_per_token * tokens_per_s / world / peak
-            train_bits = bits_per_token(loss_sum.item() / cfg["log_interval"], cfg["block_size"])
-            print(f"iter {iter_num}: loss {train_bits:.4f} bits/token, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s, "
-                  f"mfu {100 * mfu:.1f}%" + (f", {n_skipped} skipped steps" if n_skipped else ""))
-            writer.writerow([iter_num, f"{train_bits:.5f}", f"{lr:.3e}", f"{tokens_per_s:.0f}", f"{mfu:.4f}", "", ""])
-            t_last, loss_sum = time.perf_counter(), 0.0
+            train_bits = bits_per_token(loss_sum.item() / loss_iters, cfg["block_size"])
+            print(f"iter {run.iter_num}: loss {train_bits:.4f} bits/token, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s, "
+                  f"mfu {100 * mfu:.1f}%" + (f", {run.n_skipped} skipped steps" if run.n_skipped else ""))
+            writer.writerow([run.iter_num, f"{train_bits:.5f}", f"{lr:.3e}", f"{tokens_per_s:.0f}", f"{mfu:.4f}", "", ""])
+            t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
     if master:
         log.close()
     if ddp:
         dist.destroy_process_group()
-
-
-def gather_rng(ddp, world):
-    """Every rank's torch RNG state (dropout), so a resumed DDP run continues exactly too."""
-    state = torch.get_rng_state()
-    if not ddp:
-        return [state]
-    states = [None] * world
-    dist.all_gather_object(states, state)
-    return states
 
 
 if __name__ == "__main__":
