@@ -203,8 +203,10 @@ def peak_flops(device, dtype, n=2048, repeats=10):
         name = torch.cuda.get_device_name(device)
         table = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
         return next((v for k, v in table.items() if k in name), 312e12)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # ones, not random numbers: a matmul's speed does not depend on the values, and the run's
+    # generators stay untouched (a resumed run's dropout must continue exactly)
+    a = torch.ones(n, n, device=device, dtype=dtype)
+    b = torch.ones(n, n, device=device, dtype=dtype)
     for _ in range(2):
         (a @ b).sum().item()  # warm-up: the first calls of a dtype set up its kernels and threads
     times = []
@@ -346,6 +348,14 @@ class Trainer:
         self.generator.set_state(state["data_rng"])
 
 
+def fork_rng(device):
+    """The process's generators (CPU and the device's) restored after the block: evaluations and
+    samples draw from their own seeds without moving the training's dropout stream."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device], device_type=device.type)
+
+
 def rng_state(device):
     """This process's own generators: the CPU's, and the device's (dropout on CUDA or MPS)."""
     state = {"cpu": torch.get_rng_state()}
@@ -381,7 +391,7 @@ def evaluate(model, graph, noise, data, cfg, device, ctx):
     data and the Monte Carlo noise of t and x_t; the latter grows like log(1 / t_min) near
     t = 0, which the stratified t of elbo() keeps in check. Mean and std are taken in Python
     floats, so a device without float64 (Apple's MPS) needs none."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with fork_rng(device):
         torch.manual_seed(cfg["seed"])
         nats = []
         for x in data.eval_batches(cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"]):
@@ -517,7 +527,7 @@ def train(cfg):
             if master:
                 result = evaluate(run.ema_model, graph, noise, eval_data, cfg, device, run.ctx)
                 print(f"iter {it}: {report(result, meta, 'val')}")
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                with fork_rng(device):
                     torch.manual_seed(it)
                     with run.ctx:
                         text = decode(sample(run.ema_model, graph, noise, (1, cfg["block_size"]), cfg["sample_steps"],
