@@ -9,10 +9,12 @@ Q_t = dsigma(t) Q is the forward rate. Algorithm 1 trains on a one-sample Monte 
 of the integral: draw t, noise x0 to x_t, evaluate the network once, weight by dsigma(t).
 
 All losses are nats per sequence; bits per character and perplexity divide by the length.
+ar_nll is the autoregressive twin's exact likelihood in the same units, for comparison.
 """
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def loss_fn(model, graph, noise, x0, t=None, x_t=None, sampling_eps=1e-3):
@@ -59,6 +61,17 @@ def elbo(model, graph, noise, x0, n_t=128):
     estimates = [loss_fn(model, graph, noise, x0, t=(k + 1 - torch.rand(B, device=x0.device)) / n_t)
                  for k in range(n_t)]
     return torch.stack(estimates).mean(0) + prior_loss(graph, noise, x0.shape[1])
+
+
+def ar_nll(model, x0, bos):
+    """The autoregressive twin's loss: the exact negative log-likelihood of each sequence [B] in
+    nats, -sum_i log p(x^i | x^<i), in the same units as the ELBO (so bits per character and
+    perplexity compare directly). The network reads [BOS, x^0, ..., x^(L-2)] and its output at
+    position i is the law of x^i; BOS is the extra last id (where absorbing keeps MASK) and is
+    never a next token. Diffusion instead bounds -log p(x0) by a loss over noise levels."""
+    inputs = torch.cat([torch.full_like(x0[:, :1], bos), x0[:, :-1]], dim=1)
+    logits = model(inputs)[..., :bos]
+    return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").sum(-1)
 
 
 def bits_per_token(nats, length):

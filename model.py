@@ -43,6 +43,7 @@ class SEDDConfig:
     dropout: float = 0.1         # the paper's; 0 for tiny runs
     scale_by_sigma: bool = True  # absorbing graph only
     cond_sigma: bool = True      # False: a sigma-free network (see SEDD.forward)
+    causal: bool = False         # True: the autoregressive twin (see SEDD.forward)
 
     @classmethod
     def small(cls, vocab_size=50258, **kw):
@@ -124,17 +125,19 @@ def apply_rotary(x, cos, sin):
     return torch.addcmul(x * cos, torch.cat((-x2, x1), dim=-1), sin)  # x cos + rotate_half(x) sin
 
 
-def attention(qkv):
-    """Non-causal multi-head attention: qkv [B, L, 3, n_head, head_dim] -> [B, L, n_head * head_dim]."""
+def attention(qkv, causal=False):
+    """Multi-head attention: qkv [B, L, 3, n_head, head_dim] -> [B, L, n_head * head_dim]. SEDD's
+    is non-causal (every position sees the whole noised sequence); the autoregressive twin's is
+    causal (position i sees positions <= i)."""
     B, L, _, nh, hd = qkv.shape
     use_flash = flash_attn_varlen_qkvpacked_func is not None and qkv.is_cuda
     if use_flash and qkv.dtype in (torch.float16, torch.bfloat16):
         # the official call: sequences packed end to end, here all of length L
         cu_seqlens = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device=qkv.device)
-        out = flash_attn_varlen_qkvpacked_func(qkv.reshape(B * L, 3, nh, hd), cu_seqlens, L, 0.0, causal=False)
+        out = flash_attn_varlen_qkvpacked_func(qkv.reshape(B * L, 3, nh, hd), cu_seqlens, L, 0.0, causal=causal)
     else:
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, n_head, L, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
     return out.reshape(B, L, nh * hd)
 
 
@@ -142,7 +145,7 @@ class DDiTBlock(nn.Module):
     def __init__(self, config):
         super().__init__()
         H = config.n_embd
-        self.n_head = config.n_head
+        self.n_head, self.causal = config.n_head, config.causal
         self.norm1 = LayerNorm(H)
         self.attn_qkv = nn.Linear(H, 3 * H, bias=False)  # rows Q | K | V
         self.attn_out = nn.Linear(H, H, bias=False)
@@ -163,7 +166,7 @@ class DDiTBlock(nn.Module):
         qk, v = qkv.view(B, L, 3, self.n_head, H // self.n_head).split([2, 1], dim=2)
         qk = apply_rotary(qk, cos.to(qk.dtype), sin.to(qk.dtype))  # v is not rotated
         qkv = torch.cat([qk, v], dim=2)
-        x = x + gate_msa * self.dropout(self.attn_out(attention(qkv)))
+        x = x + gate_msa * self.dropout(self.attn_out(attention(qkv, self.causal)))
         x = x + gate_mlp * self.dropout(self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp)))
         return x
 
@@ -195,12 +198,16 @@ class SEDD(nn.Module):
         self.blocks = nn.ModuleList(DDiTBlock(config) for _ in range(config.n_layer))
         self.output_layer = DDitFinalLayer(config)
 
-    def forward(self, x_t, sigma):
-        """x_t [B, L] int64, sigma = sigma_bar [B] or [B, 1] -> log_score [B, L, vocab_size] float32."""
+    def forward(self, x_t, sigma=None):
+        """x_t [B, L] int64, sigma = sigma_bar [B] or [B, 1] -> log_score [B, L, vocab_size] float32.
+
+        The autoregressive twin (config.causal; train.py's ar setting) is this same network with
+        causal attention and no sigma: x [B, L] starting with BOS -> logits [B, L, vocab_size],
+        those at position i being of the token at i + 1 (loss.ar_nll)."""
         B, L = x_t.shape
-        sigma = sigma.float().reshape(-1).expand(B)
         x = self.vocab_embed(x_t)
         if self.config.cond_sigma:
+            sigma = sigma.float().reshape(-1).expand(B)
             # float32 as in the official release, whose autocast covers only the blocks
             with torch.autocast(x.device.type, enabled=False):
                 c = F.silu(self.sigma_map(sigma))
@@ -216,7 +223,10 @@ class SEDD(nn.Module):
         for block in self.blocks:
             x = block(x, c, cos, sin)
         x = self.output_layer(x, c).float()  # float32: the loss needs the precision
+        if self.config.causal:
+            return x
         if self.config.scale_by_sigma:
+            sigma = sigma.float().reshape(-1).expand(B)
             # log((e^sigma - 1)(dim - 1)) with expm1 for small sigma; the exact sigma factor of
             # the absorbing score, kept by sigma-free networks too. (One pass over the [B, L, dim]
             # output: the two logs are added first.)
@@ -253,7 +263,9 @@ class SEDD(nn.Module):
         model.graph_name ("absorb" | "uniform") and model.noise_config (the checkpoint's "noise"
         entry: {"type": "loglinear" | "geometric", its parameters}); build them with
         get_graph(model.graph_name, n_tokens) and noise.noise_from_config(model.noise_config),
-        where n_tokens = vocab_size - 1 for absorb (MASK excluded), else vocab_size.
+        where n_tokens = vocab_size - 1 for absorb (MASK excluded), else vocab_size. An
+        autoregressive twin ("causal": true, no graph or noise entry) has both set to None and
+        vocab_size = n_tokens + 1 (its BOS).
         dropout: replaces the checkpoint's rate (fine-tuning chooses its own, as in nanoGPT).
         """
         path = _checkpoint_dir(name_or_dir)
@@ -263,15 +275,16 @@ class SEDD(nn.Module):
         with open(cfg_file) as f:
             hf = json.load(f)
         try:
-            graph, noise, m = hf["graph"]["type"], {"type": hf["noise"]["type"], **hf["noise"]}, hf["model"]
-            if graph not in ("absorb", "uniform"):
+            m, causal = hf["model"], hf["model"].get("causal", False)
+            graph, noise = (None, None) if causal else (hf["graph"]["type"], {"type": hf["noise"]["type"], **hf["noise"]})
+            if graph not in ("absorb", "uniform", None):
                 raise ValueError(f"{cfg_file}: unknown graph.type {graph!r}")
             # "length" is optional: the official code never reads it (rotary has no position
             # table), and the official models were trained at the default 1024 tokens
-            config = SEDDConfig(vocab_size=hf["tokens"] + (graph == "absorb"), n_embd=m["hidden_size"],
+            config = SEDDConfig(vocab_size=hf["tokens"] + (graph == "absorb" or causal), n_embd=m["hidden_size"],
                                 cond_dim=m["cond_dim"], n_layer=m["n_blocks"], n_head=m["n_heads"],
                                 block_size=m.get("length", SEDDConfig.block_size),
-                                dropout=m["dropout"] if dropout is None else dropout,
+                                dropout=m["dropout"] if dropout is None else dropout, causal=causal,
                                 scale_by_sigma=m["scale_by_sigma"], cond_sigma=m.get("cond_sigma", True))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{cfg_file} is not an SEDD config (missing or malformed entry {e})") from None
@@ -294,17 +307,20 @@ class SEDD(nn.Module):
         model.graph_name, model.noise_config = graph, noise
         return model.eval()
 
-    def save_pretrained(self, out_dir, graph_name, noise_config):
+    def save_pretrained(self, out_dir, graph_name=None, noise_config=None):
         """Write config.json + pytorch_model.bin in the layout from_pretrained reads.
-        noise_config: {"type": "loglinear" | "geometric", its parameters} (noise.noise_config)."""
-        if graph_name not in ("absorb", "uniform"):
-            raise ValueError(f"graph_name must be 'absorb' or 'uniform', not {graph_name!r}")
+        noise_config: {"type": "loglinear" | "geometric", its parameters} (noise.noise_config).
+        The autoregressive twin has neither a graph nor a noise schedule."""
         c = self.config
-        hf = {"tokens": c.vocab_size - (graph_name == "absorb"),
-              "graph": {"type": graph_name}, "noise": dict(noise_config),
+        if (graph_name is None) != c.causal or graph_name not in ("absorb", "uniform", None):
+            raise ValueError(f"graph_name must be 'absorb' or 'uniform' (None for the autoregressive twin), "
+                             f"not {graph_name!r}")
+        hf = {"tokens": c.vocab_size - (graph_name == "absorb" or c.causal),
               "model": {"hidden_size": c.n_embd, "cond_dim": c.cond_dim, "length": c.block_size,
                         "n_blocks": c.n_layer, "n_heads": c.n_head, "scale_by_sigma": c.scale_by_sigma,
-                        "dropout": c.dropout, "cond_sigma": c.cond_sigma}}
+                        "dropout": c.dropout, "cond_sigma": c.cond_sigma, "causal": c.causal}}
+        if not c.causal:
+            hf.update(graph={"type": graph_name}, noise=dict(noise_config))
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(hf, f, indent=2)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from graph import Absorbing, get_graph
+from loss import ar_nll
 from model import SEDD, pick_device
 from noise import noise_from_config
 from prepare import fail, get_tokenizer, gpt2_encoding, load_meta
@@ -153,7 +154,7 @@ def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, de
     if steps < 1:
         raise ValueError(f"steps must be >= 1, not {steps}")
     B, L = shape
-    positions, tokens = prompt_tensors(prompt, graph, L, device)
+    positions, tokens = prompt_tensors(prompt, graph.n_tokens, L, device)
 
     def clamp(x):  # Algorithm 3: the prompt positions keep their tokens
         x[:, positions] = tokens
@@ -188,16 +189,51 @@ def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, de
     return x
 
 
-def prompt_tensors(prompt, graph, length, device):
+def prompt_tensors(prompt, n_tokens, length, device):
     """{position: token} -> (positions, tokens) LongTensors, checked against the sequence."""
     prompt = dict(prompt or {})
     for pos, tok in prompt.items():
         if not 0 <= pos < length:
             raise ValueError(f"prompt position {pos} is outside the sequence of length {length}")
-        if not 0 <= tok < graph.n_tokens:
-            raise ValueError(f"prompt token {tok} at position {pos} is not one of the {graph.n_tokens} tokens")
+        if not 0 <= tok < n_tokens:
+            raise ValueError(f"prompt token {tok} at position {pos} is not one of the {n_tokens} tokens")
     positions = torch.tensor(list(prompt), dtype=torch.long, device=device)
     return positions, torch.tensor(list(prompt.values()), dtype=torch.long, device=device)
+
+
+# -----------------------------------------------------------------------------
+# the autoregressive twin (train.py ar=True): what diffusion is compared with
+
+def nucleus(probs, top_p):
+    """probs with every token outside the nucleus set to 0: the nucleus is the smallest set of most
+    likely tokens holding at least top_p of the probability (Holtzman et al. 2020)."""
+    sorted_probs, order = probs.sort(-1, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the mass of the more likely tokens
+    return probs * torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+@torch.no_grad()
+def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device="cpu", stats=None):
+    """Samples [B, L] of the autoregressive twin, left to right: each token drawn from the
+    model's next-token law (temperature 1), or from its nucleus renormalised when top_p < 1.
+
+    One network call per generated token, over the whole sequence so far (no key-value cache:
+    the simple form). prompt: {position: token} for a prefix 0 .. k-1; an autoregressive model
+    cannot condition on anything after the token it draws, which is what diffusion's infilling
+    adds. stats: filled with network_evals."""
+    B, L = shape
+    bos = model.config.vocab_size - 1  # the twin's start token, the last id
+    positions, tokens = prompt_tensors(prompt, bos, L, device)
+    if sorted(positions.tolist()) != list(range(len(positions))):
+        raise ValueError("the autoregressive twin continues a prefix: its prompt must hold positions 0, 1, ..., k-1")
+    x = torch.full((B, L + 1), bos, dtype=torch.long, device=device)
+    x[:, positions + 1] = tokens
+    for i in range(len(positions), L):
+        probs = torch.softmax(model(x[:, : i + 1])[:, -1, :bos].to(dtype), dim=-1)
+        x[:, i + 1] = sample_categorical(nucleus(probs, top_p) if top_p < 1 else probs, dtype)
+    if stats is not None:
+        stats.update(network_evals=L - len(positions))
+    return x[:, 1:]
 
 
 def text_prompt(encode, length, prefix="", suffix="", spans=None):
@@ -270,6 +306,25 @@ def generative_perplexity(texts, judge="gpt2-large", device="cpu", batch_size=8)
     return math.exp(nll / count)
 
 
+@torch.no_grad()
+def twin_perplexity(texts, judge_dir, device="cpu"):
+    """Perplexity per token of texts under a trained autoregressive twin (train.py --ar=True),
+    the laptop-scale stand-in for the paper's GPT-2 large judge: exp of the mean NLL per token
+    over all texts, every token scored (the first from BOS), each text tokenised with the
+    twin's own meta.json."""
+    judge = SEDD.from_pretrained(judge_dir).to(device)
+    if not judge.config.causal:
+        raise ValueError(f"{judge_dir} holds a diffusion model; a judge must be an autoregressive twin "
+                         f"(train.py --ar=True, e.g. config/text8_tiny_ar.py)")
+    encode, _ = get_tokenizer(load_meta(judge_dir))
+    nll, count = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([encode(text)], device=device)
+        nll += ar_nll(judge, ids, judge.config.vocab_size - 1).item()
+        count += ids.shape[1]
+    return math.exp(nll / count)
+
+
 def unigram_entropy(token_ids):
     """Entropy in nats of the empirical token distribution of a sample: -sum_v p_v log p_v with
     p_v the frequency of token v in it. For a batch (a 2-D tensor or a list of lists) the mean
@@ -320,12 +375,16 @@ def render(ids, decode, mask=None):
 
 def main(argv=None):
     """The CLI; returns the decoded samples."""
-    parser = argparse.ArgumentParser(description="Sample text from an SEDD model (Algorithms 2 and 3).")
+    parser = argparse.ArgumentParser(description="Sample text from an SEDD model (Algorithms 2 and 3) or its "
+                                                 "autoregressive twin (left to right).")
     parser.add_argument("--ckpt", required=True,
                         help="a training output directory (config.json, pytorch_model.bin, meta.json, e.g. "
                              "out/text8_tiny) or a hub id such as louaaron/sedd-small")
-    parser.add_argument("--steps", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=128, help="diffusion sampling steps")
     parser.add_argument("--predictor", choices=["analytic", "euler"], default="analytic")
+    parser.add_argument("--top_p", type=float, default=1.0,
+                        help="autoregressive twin: nucleus sampling, keep the most likely tokens holding this "
+                             "much probability (1: temperature 1, the model's own law)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--length", type=int, help="tokens per sample (default: the model's block_size)")
     parser.add_argument("--prefix", default="", help="text the samples start with")
@@ -334,8 +393,9 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
     parser.add_argument("--show_steps", type=int, default=0, help="print the first sample at this many intermediate steps")
     parser.add_argument("--gen_ppl", nargs="?", const="gpt2-large", metavar="JUDGE",
-                        help="also print the generative perplexity of the samples under a judge LM "
-                             "(a Hugging Face id, default gpt2-large; needs transformers) and their unigram entropy")
+                        help="also print the generative perplexity of the samples under a judge LM and their "
+                             "unigram entropy: a trained autoregressive twin's directory (e.g. out/text8_tiny_ar), "
+                             "or a Hugging Face id (default gpt2-large; needs transformers)")
     parser.add_argument("--real_words", metavar="DATA_DIR",
                         help="also print the fraction of sampled words that occur in the training text of "
                              "DATA_DIR, a character-level dataset such as data/text8")
@@ -344,16 +404,21 @@ def main(argv=None):
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
             fail(f"--{name} must be at least 1, not {getattr(args, name)}")
+    if not 0 < args.top_p <= 1:
+        fail(f"--top_p must be in (0, 1], not {args.top_p}")
     try:
         device = pick_device(args.device)
         model = SEDD.from_pretrained(args.ckpt)
-        noise = noise_from_config(model.noise_config)
+        ar = model.config.causal
+        noise = None if ar else noise_from_config(model.noise_config)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         fail(e)
+    if ar and args.suffix:
+        fail("the autoregressive twin continues a prefix; filling in before a --suffix needs a diffusion model")
     path = args.ckpt
     absorb = model.graph_name == "absorb"
-    n_tokens = model.config.vocab_size - absorb
-    graph = get_graph(model.graph_name, n_tokens)
+    n_tokens = model.config.vocab_size - (absorb or ar)  # MASK, or the twin's BOS
+    graph = None if ar else get_graph(model.graph_name, n_tokens)
     # a training run stores its dataset's meta.json; official checkpoints are GPT-2 BPE
     local_meta = os.path.isfile(os.path.join(path, "meta.json"))
     meta = load_meta(path) if local_meta else {"name": "GPT-2 BPE", "tokenizer": "gpt2", "n_tokens": 50257}
@@ -389,22 +454,31 @@ def main(argv=None):
             print(f"step {step:>5}/{args.steps}: {render(x[0].tolist(), decode, graph.mask if absorb else None)}")
 
     stats = {}
-    x = sample(model, graph, noise, (args.batch_size, length), args.steps, args.predictor,
-               prompt=prompt, dtype=dtype, device=device, callback=show, stats=stats)
+    if ar:
+        x = sample_ar(model, (args.batch_size, length), prompt, args.top_p, dtype=dtype, device=device, stats=stats)
+        how = "left to right" + (f", nucleus top_p={args.top_p}" if args.top_p < 1 else ", temperature 1")
+    else:
+        x = sample(model, graph, noise, (args.batch_size, length), args.steps, args.predictor,
+                   prompt=prompt, dtype=dtype, device=device, callback=show, stats=stats)
+        how = f"{args.steps} steps ({args.predictor}), {stats['sequence_evals']} sequences through the network"
     texts = [decode(row) for row in x.tolist()]
     for i, text in enumerate(texts):
         print(f"---------- sample {i} ----------")
         print(text)
-    print(f"---------- {args.steps} steps ({args.predictor}), {stats['network_evals']} network evaluations "
-          f"({stats['sequence_evals']} sequences), dtype {str(dtype)[6:]}, device {device}")
+    print(f"---------- {how}, {stats['network_evals']} network evaluations, dtype {str(dtype)[6:]}, device {device}")
     if args.gen_ppl:
         try:
-            ppl = generative_perplexity(texts, args.gen_ppl, device=device)
+            if os.path.isdir(args.gen_ppl):
+                ppl = twin_perplexity(texts, args.gen_ppl, device=device)
+                how = "per token of the twin (every token scored, the first from BOS)"
+            else:
+                ppl = generative_perplexity(texts, args.gen_ppl, device=device)
+                how = ("token level: samples decoded, retokenised with GPT-2 BPE, exp of the mean NLL over all "
+                       "predicted tokens; each sample's first token is not scored; samples longer than the judge's "
+                       "context are scored in separate chunks")
         except (ImportError, OSError, ValueError, RuntimeError) as e:
             fail(e)
-        print(f"generative perplexity {ppl:.2f} under {args.gen_ppl} (token level: samples decoded, retokenised "
-              f"with GPT-2 BPE, exp of the mean NLL over all predicted tokens; each sample's first token is not "
-              f"scored; samples longer than the judge's context are scored in separate chunks)")
+        print(f"generative perplexity {ppl:.2f} under {args.gen_ppl} ({how})")
         print(f"unigram entropy {unigram_entropy(x):.3f} nats (the entropy of each sample's token "
               f"distribution in the model's tokens, mean over the {len(texts)} samples)")
     if args.real_words:

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -33,11 +34,11 @@ import prepare
 import sampling
 import train
 from graph import Absorbing, Uniform, get_graph
-from loss import elbo, loss_fn, prior_loss
+from loss import ar_nll, elbo, loss_fn, prior_loss
 from model import SEDD, SEDDConfig
 from noise import GeometricNoise, LogLinearNoise, get_noise, noise_config, noise_from_config
 from prepare import char_splits, proportional
-from sampling import sample, sample_categorical, text_prompt
+from sampling import sample, sample_ar, sample_categorical, text_prompt
 
 torch.set_default_dtype(torch.float64)
 GRAPHS = [Absorbing, Uniform]
@@ -399,8 +400,9 @@ def test_output_contract(sigma_2d, float32):
 
 
 def reference_forward(model, x, sigma):
-    """The official network written out from its state dict in float64 (GUIDE sec. 2 and 3b).
-    W pops each tensor by its official name: the state dict may hold no other."""
+    """The official network (the release's DDiT, as model.py's docstring describes it) written out
+    from its state dict in float64. W pops each tensor by its official name: the state dict may
+    hold no other."""
     c, state = model.config, {k: v.double() for k, v in model.state_dict().items()}
     W = state.pop
     (B, L), H = x.shape, c.n_embd
@@ -888,6 +890,86 @@ def test_cli_gen_ppl(tmp_path, capsys, monkeypatch, gpt2_bpe, float32):
     assert asked[-1] == "gpt2"
 
 
+# ---------------------------------------------------------------- the autoregressive twin
+
+def twin(n_tokens=3, seed=0, **kw):
+    """A randomized autoregressive twin: causal, no sigma, n_tokens + BOS ids."""
+    return randomized(tiny(vocab_size=n_tokens + 1, causal=True, cond_sigma=False, scale_by_sigma=False, **kw),
+                      seed=seed, std=0.5)
+
+
+def twin_law(model, n_tokens, length):
+    """The twin's probability of every sequence, by enumeration: exp(-ar_nll)."""
+    xs = all_sequences(n_tokens, length)
+    with torch.no_grad():
+        return xs, torch.exp(-ar_nll(model, xs, n_tokens).double())
+
+
+def test_twin_is_causal_and_its_likelihood_a_normalised_law(float32):
+    model = twin()
+    x = torch.randint(3, (4, 8), generator=torch.Generator().manual_seed(0))
+    changed = x.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 3
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+    assert torch.equal(a[:, :5], b[:, :5]) and not torch.allclose(a[:, 5:], b[:, 5:])  # position i reads <= i
+    xs, p = twin_law(model, 3, 4)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5) and p.min() > 0  # first token included (from BOS)
+    path = Path(tempfile.mkdtemp())
+    model.save_pretrained(path)
+    loaded = SEDD.from_pretrained(str(path))
+    assert loaded.config == model.config and loaded.graph_name is None and loaded.noise_config is None
+
+
+def test_twin_samples_follow_its_law_and_nucleus(float32):
+    """Temperature 1 draws the twin's exact law (enumerated); a prefix is kept; the nucleus keeps
+    the most likely tokens up to top_p of the mass."""
+    model = twin(seed=1)
+    xs, p = twin_law(model, 3, 3)
+    torch.manual_seed(0)
+    n = 40_000
+    drawn = sample_ar(model, (n, 3))
+    freq = torch.bincount((drawn * torch.tensor([9, 3, 1])).sum(-1), minlength=27).double() / n
+    assert 0.5 * (freq - p).abs().sum().item() < 0.02  # the Monte Carlo floor is ~0.01 here
+    stats = {}
+    prefixed = sample_ar(model, (64, 3), prompt={0: 2}, stats=stats)
+    assert (prefixed[:, 0] == 2).all() and stats["network_evals"] == 2
+    with pytest.raises(ValueError, match="prefix"):
+        sample_ar(model, (2, 3), prompt={1: 0})
+    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])
+    assert torch.equal(sampling.nucleus(probs, 0.7), torch.tensor([[0.0, 0.5, 0.0, 0.25]]))
+    assert torch.equal(sampling.nucleus(probs, 0.5), torch.tensor([[0.0, 0.5, 0.0, 0.0]]))
+    assert torch.equal(sampling.nucleus(probs, 1.0), probs)
+
+
+def test_twin_as_judge_and_cli(tmp_path, capsys, float32):
+    """A twin whose output ignores the context (blocks at their adaLN-zero start, output bias
+    log q) gives every character the law q: its perplexity is exp(-mean log q(c)) by hand."""
+    chars, q = " ab", torch.tensor([0.5, 0.3, 0.2])
+    model = SEDD(tiny(vocab_size=4, causal=True, cond_sigma=False, scale_by_sigma=False, block_size=16))
+    with torch.no_grad():
+        model.output_layer.linear.bias[:3] = q.log()
+    model.save_pretrained(tmp_path / "judge")
+    (tmp_path / "judge" / "meta.json").write_text(json.dumps(dict(name="ab", tokenizer="chars", chars=chars, n_tokens=3)))
+    texts = ["ab a", "bb  ba"]
+    ids = [chars.index(c) for t in texts for c in t]
+    expected = math.exp(-sum(math.log(q[i]) for i in ids) / len(ids))
+    assert sampling.twin_perplexity(texts, str(tmp_path / "judge")) == pytest.approx(expected, rel=1e-5)
+    SEDD(tiny(vocab_size=4, block_size=16)).save_pretrained(tmp_path / "sedd", "absorb", {"type": "loglinear"})
+    (tmp_path / "sedd" / "meta.json").write_text((tmp_path / "judge" / "meta.json").read_text())
+    with pytest.raises(ValueError, match="judge must be an autoregressive twin"):
+        sampling.twin_perplexity(texts, str(tmp_path / "sedd"))
+    # the CLI: the twin samples (a prefix, nucleus); a diffusion model is judged by it
+    texts = sampling.main(["--ckpt", str(tmp_path / "judge"), "--batch_size", "3", "--prefix", "ab", "--top_p", "0.9"])
+    out = capsys.readouterr().out
+    assert len(texts) == 3 and all(len(t) == 16 and t.startswith("ab") for t in texts)
+    assert "left to right, nucleus top_p=0.9, 14 network evaluations" in out
+    with pytest.raises(SystemExit, match="continues a prefix"):
+        sampling.main(["--ckpt", str(tmp_path / "judge"), "--suffix", "ab"])
+    sampling.main(["--ckpt", str(tmp_path / "sedd"), "--steps", "8", "--gen_ppl", str(tmp_path / "judge")])
+    assert "per token of the twin" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- prepare.py
 
 def text8_like(n, seed):
@@ -1288,19 +1370,21 @@ def markov_dataset(root, length, n=100_000, seed=0):
     return (H(pi) + (length - 1) * rate) / length, H(pi)
 
 
-@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+@pytest.mark.parametrize("graph", ["absorb", "uniform", "ar"])
 def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32):
     """300 steps on a Markov source drive the val ELBO (an upper bound on the model's NLL, and so
-    on the source's entropy) to within 0.1 bits per token of the exact entropy, far below what
-    ignoring the context gives: the loss weighting, the bound and the optimiser step agree."""
+    on the source's entropy), or the twin's exact NLL, to within 0.1 bits per token of the exact
+    entropy, far below what ignoring the context gives: the loss weighting, the bound and the
+    optimiser step agree."""
     entropy, iid = markov_dataset(tmp_path, 16)
     cfg = {**train.load_config([]), **TINY_RUN, "data_dir": str(tmp_path), "dataset": "markov", "block_size": 16,
-           "batch_size": 32, "graph": graph, "learning_rate": 3e-3, "warmup_iters": 20, "ema_decay": 0.99,
-           "max_iters": 300, "eval_interval": 300, "log_interval": 100, "eval_batches": 16, "eval_n_t": 16,
-           "out_dir": str(tmp_path / "out")}
+           "batch_size": 32, "graph": "absorb" if graph == "ar" else graph, "ar": graph == "ar",
+           "learning_rate": 3e-3, "warmup_iters": 20, "ema_decay": 0.99, "max_iters": 300, "eval_interval": 300,
+           "log_interval": 100, "eval_batches": 16, "eval_n_t": 16, "out_dir": str(tmp_path / "out")}
     train.train(cfg)
     model = SEDD.from_pretrained(str(tmp_path / "out"))
-    result = train.evaluate(model, get_graph(graph, 3), LogLinearNoise(), train.Data(cfg, "val"), cfg,
+    diffusion = None if graph == "ar" else get_graph(graph, 3)
+    result = train.evaluate(model, diffusion, LogLinearNoise(), train.Data(cfg, "val"), cfg,
                             torch.device("cpu"), contextlib.nullcontext())
     assert iid - entropy > 0.3 and entropy - 3 * result["bits_se"] < result["bits"] < entropy + 0.1
 

@@ -41,11 +41,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from graph import GRAPHS, get_graph
-from loss import bits_per_token, elbo, loss_fn, perplexity, prior_loss
+from loss import ar_nll, bits_per_token, elbo, loss_fn, perplexity, prior_loss
 from model import SEDD, SEDDConfig, pick_device
-from noise import NOISES, get_noise, noise_config, noise_from_config
+from noise import NOISES, noise_config, noise_from_config
 from prepare import fail, get_tokenizer, load_meta
-from sampling import draw_dtype, sample
+from sampling import draw_dtype, sample, sample_ar
 
 DEFAULTS = dict(
     # I/O
@@ -75,6 +75,7 @@ DEFAULTS = dict(
     cond_dim=128,
     dropout=0.1,           # also replaces a pretrained model's rate when fine-tuning
     cond_sigma=True,       # False: sigma-free network (absorbing only), which samplers can cache
+    ar=False,              # True: the autoregressive twin: causal attention, no noise, next-token loss
     # optimiser (paper / release)
     learning_rate=3e-4,
     max_iters=400_000,
@@ -92,7 +93,7 @@ DEFAULTS = dict(
     compile="auto",        # "auto" | True | False; auto: on for CUDA
     seed=1337,
 )
-MODEL_KEYS = ("graph", "noise", "n_layer", "n_head", "n_embd", "cond_dim", "cond_sigma")
+MODEL_KEYS = ("ar", "graph", "noise", "n_layer", "n_head", "n_embd", "cond_dim", "cond_sigma")
 
 
 def settings_help(path, name):
@@ -231,11 +232,14 @@ def pick_dtype(name, device):
 
 
 def build_model(cfg, vocab_size):
-    """A new SEDD of the config's shape, for a graph with vocab_size = graph.dim states."""
+    """A new SEDD of the config's shape, for a graph with vocab_size = graph.dim states; or its
+    autoregressive twin (cfg["ar"]): the same network, causal, with no sigma, over the tokens
+    and BOS (vocab_size = n_tokens + 1)."""
+    diffusion = not cfg["ar"]
     return SEDD(SEDDConfig(vocab_size=vocab_size, n_embd=cfg["n_embd"], cond_dim=cfg["cond_dim"],
                            n_layer=cfg["n_layer"], n_head=cfg["n_head"], block_size=cfg["block_size"],
-                           dropout=cfg["dropout"], scale_by_sigma=cfg["graph"] == "absorb",
-                           cond_sigma=cfg["cond_sigma"]))
+                           dropout=cfg["dropout"], scale_by_sigma=diffusion and cfg["graph"] == "absorb",
+                           cond_sigma=diffusion and cfg["cond_sigma"], causal=cfg["ar"]))
 
 
 class Data:
@@ -273,7 +277,8 @@ class Data:
 
 
 def draw_step(cfg, data, graph, noise, generator):
-    """One optimiser step's global batch: windows x0, stratified t, noised x_t (all on CPU).
+    """One optimiser step's global batch: windows x0, stratified t, noised x_t (all on CPU); the
+    autoregressive twin (graph None) needs only x0.
 
     t is stratified over the global batch: one uniform offset u and t_i = (u + i) / n mod 1,
     shuffled, then mapped into [sampling_eps, 1]. Each t_i is still U[sampling_eps, 1] (the loss
@@ -281,6 +286,8 @@ def draw_step(cfg, data, graph, noise, generator):
     """
     n = cfg["batch_size"] * cfg["gradient_accumulation_steps"]
     x0 = data.random_batch(n, generator)
+    if graph is None:
+        return x0, None, None
     u = (torch.rand(1, generator=generator) + torch.arange(n) / n) % 1
     t = cfg["sampling_eps"] + (1 - cfg["sampling_eps"]) * u[torch.randperm(n, generator=generator)]
     sigma, _ = noise(t)
@@ -300,6 +307,7 @@ class Trainer:
         self.device = device
         model.to(device).train()  # train mode: dropout on (a pretrained model arrives in eval mode)
         self.ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.bos = model.config.vocab_size - 1  # the autoregressive twin's start token
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], eps=1e-8,
                                            betas=(cfg["beta1"], cfg["beta2"]), weight_decay=cfg["weight_decay"])
         net = torch.compile(model) if pick_compile(cfg["compile"], device) else model  # checkpoints use `model`
@@ -316,12 +324,18 @@ class Trainer:
         x0, t, x_t = draw_step(cfg, self.data, self.graph, self.noise, self.generator)
         n = self.micro_steps * cfg["batch_size"]
         mine = slice(self.rank * n, (self.rank + 1) * n)
-        x0, t, x_t = x0[mine].to(self.device), t[mine].to(self.device), x_t[mine].to(self.device)
+        x0 = x0[mine].to(self.device)
+        if not cfg["ar"]:
+            t, x_t = t[mine].to(self.device), x_t[mine].to(self.device)
         loss_sum = 0.0
         for micro, rows in enumerate(torch.arange(n).split(cfg["batch_size"])):
             last = micro == self.micro_steps - 1  # DDP averages the gradients across ranks only then
             with (nullcontext() if last or not isinstance(self.net, DDP) else self.net.no_sync()), self.ctx:
-                loss = loss_fn(self.net, self.graph, self.noise, x0[rows], t=t[rows], x_t=x_t[rows]).mean() / self.micro_steps
+                if cfg["ar"]:  # the twin: the exact likelihood of the clean data, no noise at all
+                    loss = ar_nll(self.net, x0[rows], self.bos)
+                else:  # diffusion: the DWDSE at one noise level per sequence (Algorithm 1)
+                    loss = loss_fn(self.net, self.graph, self.noise, x0[rows], t=t[rows], x_t=x_t[rows])
+                loss = loss.mean() / self.micro_steps
             loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
@@ -386,6 +400,7 @@ def gather(obj, ddp, world):
 @torch.no_grad()
 def evaluate(model, graph, noise, data, cfg, device, ctx):
     """ELBO (Thm 3.6) of fixed evaluation windows: mean and standard error across sequences.
+    For the autoregressive twin (graph None) the exact NLL instead, with no prior term.
 
     The standard error is std / sqrt(n) over the per-sequence estimates, so it covers both the
     data and the Monte Carlo noise of t and x_t; the latter grows like log(1 / t_min) near
@@ -396,20 +411,26 @@ def evaluate(model, graph, noise, data, cfg, device, ctx):
         nats = []
         for x in data.eval_batches(cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"]):
             with ctx:
-                nats += elbo(model, graph, noise, x.to(device), n_t=cfg["eval_n_t"]).tolist()
+                x = x.to(device)
+                nats += (ar_nll(model, x, model.config.vocab_size - 1) if graph is None else
+                         elbo(model, graph, noise, x, n_t=cfg["eval_n_t"])).tolist()
     L = cfg["block_size"]
     mean = statistics.fmean(nats)
     se = statistics.stdev(nats) / math.sqrt(len(nats)) if len(nats) > 1 else float("nan")
     return dict(nats=mean, se=se, bits=bits_per_token(mean, L), bits_se=bits_per_token(se, L),
-                ppl=perplexity(mean, L), prior=prior_loss(graph, noise, L), n=len(nats))
+                ppl=perplexity(mean, L), prior=None if graph is None else prior_loss(graph, noise, L), n=len(nats))
 
 
 def report(result, meta, split):
+    """One line: the ELBO (an upper bound: "<=") of a diffusion model, the exact NLL of the twin."""
+    bound, exact = result["prior"] is not None, result["prior"] is None
+    what = "ELBO" if bound else "NLL (exact)"
+    extra = f"prior term {result['prior']:.4f} nats/seq, " if bound else ""
     if meta["tokenizer"] == "gpt2":
-        return (f"{split} ELBO {result['nats']:.2f} +- {result['se']:.2f} nats/seq, perplexity <= "
-                f"{result['ppl']:.2f} (prior term {result['prior']:.4f} nats/seq, {result['n']} seqs)")
-    return (f"{split} ELBO {result['bits']:.4f} +- {result['bits_se']:.4f} bits per character "
-            f"(prior term {result['prior']:.4f} nats/seq, {result['n']} seqs)")
+        return (f"{split} {what} {result['nats']:.2f} +- {result['se']:.2f} nats/seq, perplexity "
+                f"{'=' if exact else '<='} {result['ppl']:.2f} ({extra}{result['n']} seqs)")
+    return (f"{split} {what} {result['bits']:.4f} +- {result['bits_se']:.4f} bits per character "
+            f"({extra}{result['n']} seqs)")
 
 
 def save_atomic(obj, path):
@@ -422,7 +443,10 @@ def export(ema_model, cfg, noise, meta_dir):
     """The EMA weights in the from_pretrained layout, plus meta.json for the tokenizer."""
     out = cfg["out_dir"]
     tmp = os.path.join(out, ".export")
-    ema_model.save_pretrained(tmp, cfg["graph"], noise_config(noise))
+    if cfg["ar"]:
+        ema_model.save_pretrained(tmp)
+    else:
+        ema_model.save_pretrained(tmp, cfg["graph"], noise_config(noise))
     shutil.copy(os.path.join(meta_dir, "meta.json"), os.path.join(tmp, "meta.json"))
     for name in os.listdir(tmp):
         os.replace(os.path.join(tmp, name), os.path.join(out, name))
@@ -431,8 +455,10 @@ def export(ema_model, cfg, noise, meta_dir):
 
 def init_model(cfg, meta):
     """The model, graph and noise of the run, by init_from; cfg takes the model's shape when the
-    model comes from a checkpoint. Returns (model, graph, noise, checkpoint or None)."""
-    ckpt = None
+    model comes from a checkpoint. Returns (model, graph, noise, checkpoint or None); graph and
+    noise are None for the autoregressive twin. A diffusion model keeps the schedule it was
+    trained with (a geometric one's sigma_min and sigma_max too)."""
+    ckpt, model, schedule = None, None, {"type": cfg["noise"]}
     if cfg["init_from"] == "resume":
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
         if not os.path.exists(path):
@@ -442,24 +468,27 @@ def init_model(cfg, meta):
         if changed:
             print(f"resuming the model of {path}: {', '.join(changed)}")
         cfg.update({k: ckpt["config"][k] for k in MODEL_KEYS})
-        noise = noise_from_config(ckpt["noise"])
+        schedule = ckpt["noise"]
     elif cfg["init_from"].startswith("pretrained:"):
         try:
             model = SEDD.from_pretrained(cfg["init_from"].split(":", 1)[1], dropout=cfg["dropout"])
-            noise = noise_from_config(model.noise_config)  # e.g. a geometric schedule's sigma_min, sigma_max
         except (OSError, ValueError, RuntimeError, ImportError) as e:
             fail(e)
-        c = model.config
-        cfg.update(graph=model.graph_name, noise=model.noise_config["type"], n_layer=c.n_layer, n_head=c.n_head,
-                   n_embd=c.n_embd, cond_dim=c.cond_dim, cond_sigma=c.cond_sigma)
-    else:
-        noise = get_noise(cfg["noise"])
-    graph = get_graph(cfg["graph"], meta["n_tokens"])
-    if cfg["init_from"].startswith("pretrained:"):
-        if model.config.vocab_size != graph.dim:
-            fail(f"the pretrained model has {model.config.vocab_size} outputs but {cfg['dataset']} needs {graph.dim}")
-    else:
-        model = build_model(cfg, graph.dim)
+        c, schedule = model.config, model.noise_config
+        cfg.update(ar=c.causal, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, cond_dim=c.cond_dim,
+                   cond_sigma=c.cond_sigma)
+        if not c.causal:
+            cfg.update(graph=model.graph_name, noise=schedule["type"])
+    graph = None if cfg["ar"] else get_graph(cfg["graph"], meta["n_tokens"])
+    try:
+        noise = None if cfg["ar"] else noise_from_config(schedule)
+    except (TypeError, ValueError) as e:
+        fail(f"the checkpoint's noise schedule {schedule}: {e}")
+    vocab_size = meta["n_tokens"] + 1 if cfg["ar"] else graph.dim  # + BOS for the twin
+    if model is None:
+        model = build_model(cfg, vocab_size)
+    elif model.config.vocab_size != vocab_size:
+        fail(f"the pretrained model has {model.config.vocab_size} token ids but {cfg['dataset']} needs {vocab_size}")
     return model, graph, noise, ckpt
 
 
@@ -530,12 +559,15 @@ def train(cfg):
                 with fork_rng(device):
                     torch.manual_seed(it)
                     with run.ctx:
-                        text = decode(sample(run.ema_model, graph, noise, (1, cfg["block_size"]), cfg["sample_steps"],
-                                             dtype=draws, device=device)[0].tolist())
+                        shape = (1, cfg["block_size"])
+                        x = (sample_ar(run.ema_model, shape, dtype=draws, device=device) if cfg["ar"] else
+                             sample(run.ema_model, graph, noise, shape, cfg["sample_steps"], dtype=draws, device=device))
+                    text = decode(x[0].tolist())
                 print(f"sample: {text[:300]!r}")
                 writer.writerow([it, "", "", "", "", f"{result['bits']:.5f}", f"{result['bits_se']:.5f}"])
                 log.flush()
-                save_atomic(dict(run.state_dict(), config=cfg, noise=noise_config(noise), rng=rngs),
+                save_atomic(dict(run.state_dict(), config=cfg,
+                                 noise=noise_config(noise) if noise else None, rng=rngs),
                             os.path.join(cfg["out_dir"], "ckpt.pt"))
                 export(run.ema_model, cfg, noise, eval_data.dir)
             t_last, it_last = time.perf_counter(), it  # the evaluation is not training time
