@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import model as M
 import bench
+import compare
 import prepare
 import sampling
 import train
@@ -968,6 +969,23 @@ def test_twin_as_judge_and_cli(tmp_path, capsys, float32):
         sampling.main(["--ckpt", str(tmp_path / "judge"), "--suffix", "ab"])
     sampling.main(["--ckpt", str(tmp_path / "sedd"), "--steps", "8", "--gen_ppl", str(tmp_path / "judge")])
     assert "per token of the twin" in capsys.readouterr().out
+
+
+def test_compare_end_to_end(tiny_data, tmp_path, float32):
+    """compare.py on three tiny runs (SEDD Absorb, SEDD Uniform, the twin) writes every table."""
+    for name, kw in (("absorb", {}), ("uniform", {"graph": "uniform"}), ("ar", {"ar": True})):
+        train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path / name),
+                     "max_iters": 2, "eval_interval": 2, **kw})
+    compare.main(["--absorb", str(tmp_path / "absorb"), "--uniform", str(tmp_path / "uniform"),
+                  "--ar", str(tmp_path / "ar"), "--data", os.path.join(tiny_data, "tiny"), "--out", str(tmp_path / "cmp"),
+                  "--eval_seqs", "8", "--eval_n_t", "2", "--samples", "3", "--steps", "2,4", "--span", "8", "--device", "cpu"])
+    results = (tmp_path / "cmp" / "results.md").read_text()
+    for row in ("| SEDD Absorb | <= ", "| SEDD Uniform | <= ", "| autoregressive twin | = ", "character 5-gram",
+                "| SEDD 4 steps | 5 |", "| twin, temperature 1 | 32 |", "| twin, nucleus 0.9 | 32 |", "| real val text |",
+                "| SEDD Absorb, 256 steps | prefix + suffix |", "| the removed text |"):
+        assert row in results
+    with pytest.raises(SystemExit, match="train it first"):
+        compare.main(["--absorb", str(tmp_path / "missing")])
 
 
 # ---------------------------------------------------------------- prepare.py

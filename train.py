@@ -20,7 +20,7 @@ of processes continues exactly where the device's kernels are deterministic (on 
 the same thread count: bit for bit); with another number of processes, dropout restarts.
 The output directory holds ckpt.pt (for resume), config.json + pytorch_model.bin with the EMA
 weights (SEDD.from_pretrained / sampling.py --ckpt read it), meta.json (the tokenizer) and
-log.csv (the loss curve).
+log.csv (the loss curve, with the run's wall time: training and evaluation, across resumes).
 """
 import ast
 import copy
@@ -544,10 +544,12 @@ def train(cfg):
         log = open(os.path.join(cfg["out_dir"], "log.csv"), "a", newline="")
         writer = csv.writer(log)
         if log.tell() == 0:
-            writer.writerow(["iter", "train_bits_per_token", "lr", "tokens_per_s", "mfu", "val_bits_per_token", "val_se"])
+            writer.writerow(["iter", "train_bits_per_token", "lr", "tokens_per_s", "mfu", "val_bits_per_token", "val_se",
+                             "elapsed_s"])
     _, decode = get_tokenizer(meta)
     resumed_at = run.iter_num if ckpt is not None else None  # that evaluation and checkpoint are done
     t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
+    start = t_last - (ckpt["elapsed"] if ckpt is not None else 0.0)  # the run's wall time goes on
 
     while True:
         it = run.iter_num
@@ -564,10 +566,11 @@ def train(cfg):
                              sample(run.ema_model, graph, noise, shape, cfg["sample_steps"], dtype=draws, device=device))
                     text = decode(x[0].tolist())
                 print(f"sample: {text[:300]!r}")
-                writer.writerow([it, "", "", "", "", f"{result['bits']:.5f}", f"{result['bits_se']:.5f}"])
+                elapsed = time.perf_counter() - start
+                writer.writerow([it, "", "", "", "", f"{result['bits']:.5f}", f"{result['bits_se']:.5f}", f"{elapsed:.1f}"])
                 log.flush()
-                save_atomic(dict(run.state_dict(), config=cfg,
-                                 noise=noise_config(noise) if noise else None, rng=rngs),
+                save_atomic(dict(run.state_dict(), config=cfg, noise=noise_config(noise) if noise else None,
+                                 rng=rngs, elapsed=elapsed),
                             os.path.join(cfg["out_dir"], "ckpt.pt"))
                 export(run.ema_model, cfg, noise, eval_data.dir)
             t_last, it_last = time.perf_counter(), it  # the evaluation is not training time
@@ -582,7 +585,8 @@ def train(cfg):
             train_bits = bits_per_token(loss_sum.item() / loss_iters, cfg["block_size"])
             print(f"iter {run.iter_num}: loss {train_bits:.4f} bits/token, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s, "
                   f"mfu {100 * mfu:.1f}%" + (f", {run.n_skipped} skipped steps" if run.n_skipped else ""))
-            writer.writerow([run.iter_num, f"{train_bits:.5f}", f"{lr:.3e}", f"{tokens_per_s:.0f}", f"{mfu:.4f}", "", ""])
+            writer.writerow([run.iter_num, f"{train_bits:.5f}", f"{lr:.3e}", f"{tokens_per_s:.0f}", f"{mfu:.4f}", "", "",
+                             f"{time.perf_counter() - start:.1f}"])
             t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
     if master:
         log.close()

@@ -1,0 +1,216 @@
+"""SEDD beside its autoregressive twin: the paper's claims, measured on trained checkpoints.
+
+    python train.py config/text8_tiny.py && python train.py config/text8_tiny_uniform.py \
+        && python train.py config/text8_tiny_ar.py
+    python compare.py                        # writes out/compare/results.md and out/compare/*.png
+    python compare.py --judge out/text8_hour_ar --samples 64
+
+The twin (train.py ar=True) is the same network, causal and without noise, trained on the exact
+next-character likelihood with the same data, steps, batch and optimiser, so each difference
+below is what diffusion changes. Three claims of the paper, each on text8's validation split:
+
+1. Likelihood (Tables 1-2): bits per character of SEDD Absorb, SEDD Uniform (an upper bound,
+   the ELBO of Theorem 3.6) and the twin (exact), on the same windows, with the wall time of
+   each training run; character n-gram models (add-0.1 counts of the training split) for scale.
+2. Samples against compute (Figure 2, Section 5.2): SEDD samples at several numbers of Tweedie
+   steps (one network evaluation each; Euler is the same law for absorbing + log-linear noise)
+   against the twin's samples at temperature 1 and with nucleus sampling (one evaluation per
+   character), scored by generative perplexity under a judge twin (per character), unigram
+   entropy and the share of real words. The judge scores its own samples too: those get an
+   edge (at temperature 1 their expected score is the judge's own entropy).
+3. Infilling (Table 3): held-out windows with a middle span removed; SEDD fills it seeing the
+   prefix and the suffix, the twin continues the prefix (it cannot see a suffix); the whole
+   window is then scored the same way.
+
+matplotlib draws the plots (pip install matplotlib); without it the tables are still written.
+"""
+import argparse
+import contextlib
+import csv
+import os
+import time
+
+import numpy as np
+import torch
+
+import train
+from graph import get_graph
+from model import SEDD, pick_device
+from noise import noise_from_config
+from prepare import fail, get_tokenizer, load_meta
+from sampling import dataset_words, real_word_rate, sample, sample_ar, twin_perplexity, unigram_entropy
+
+
+def load_run(out_dir):
+    """A training output directory: its EMA model, graph and noise (None for the twin), the run's
+    config, and its wall time and final val figure from log.csv."""
+    try:
+        model = SEDD.from_pretrained(out_dir)
+        cfg = torch.load(os.path.join(out_dir, "ckpt.pt"), map_location="cpu", weights_only=False)["config"]
+    except (OSError, ValueError, RuntimeError) as e:
+        fail(f"{e} (train it first: see python compare.py --help)")
+    meta = load_meta(out_dir)
+    graph = None if cfg["ar"] else get_graph(cfg["graph"], meta["n_tokens"])
+    noise = None if cfg["ar"] else noise_from_config(model.noise_config)
+    with open(os.path.join(out_dir, "log.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if r["val_bits_per_token"]]
+    return dict(model=model, graph=graph, noise=noise, cfg=cfg, meta=meta, name=os.path.basename(out_dir.rstrip("/")),
+                minutes=float(rows[-1]["elapsed_s"]) / 60, iters=int(rows[-1]["iter"]))
+
+
+def ngram_bits(data_dir, n, k=0.1):
+    """Bits per character on the val split of an order-n character model: counts of the training
+    split plus k for every character (add-k smoothing), the first n - 1 val characters left out."""
+    meta = load_meta(data_dir)
+    V = meta["n_tokens"]
+    train_ids, val_ids = (np.fromfile(os.path.join(data_dir, f"{s}.bin"), dtype=meta["dtype"]).astype(np.int64)
+                          for s in ("train", "val"))
+
+    def codes(ids):  # each window of n characters as one base-V number
+        return sum(ids[i:len(ids) - n + 1 + i] * V ** (n - 1 - i) for i in range(n))
+    counts = np.bincount(codes(train_ids), minlength=V ** n).reshape(-1, V) + k
+    val = codes(val_ids)
+    p = counts[val // V, val % V] / counts.sum(1)[val // V]
+    return -np.log2(p).mean()
+
+
+def real_words(texts, vocabulary):
+    try:
+        return real_word_rate(texts, vocabulary)
+    except ValueError:  # not one whole word (a sample's first and last are not counted)
+        return float("nan")
+
+
+def score(texts, token_rows, judge, vocabulary, device):
+    return dict(ppl=twin_perplexity(texts, judge, device=device), entropy=unigram_entropy(token_rows),
+                words=real_words(texts, vocabulary))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--absorb", default="out/text8_tiny")
+    parser.add_argument("--uniform", default="out/text8_tiny_uniform")
+    parser.add_argument("--ar", default="out/text8_tiny_ar")
+    parser.add_argument("--judge", help="the judge twin (default: --ar)")
+    parser.add_argument("--data", default="data/text8")
+    parser.add_argument("--out", default="out/compare")
+    parser.add_argument("--eval_seqs", type=int, default=256, help="val windows for the likelihood")
+    parser.add_argument("--eval_n_t", type=int, default=32, help="t samples per window for the ELBO")
+    parser.add_argument("--samples", type=int, default=32, help="samples per setting")
+    parser.add_argument("--steps", default="16,32,64,128,256,1024", help="SEDD sampling steps")
+    parser.add_argument("--top_p", type=float, default=0.9, help="the twin's nucleus setting")
+    parser.add_argument("--span", type=int, default=64, help="characters removed from the middle for infilling")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    judge = args.judge or args.ar
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        fail(e)
+    runs = {name: load_run(d) for name, d in (("SEDD Absorb", args.absorb), ("SEDD Uniform", args.uniform),
+                                               ("autoregressive twin", args.ar))}
+    absorb, twin = runs["SEDD Absorb"], runs["autoregressive twin"]
+    cfg = absorb["cfg"]
+    L, ctx = cfg["block_size"], contextlib.nullcontext()
+    os.makedirs(args.out, exist_ok=True)
+    data = train.Data({**cfg, "data_dir": os.path.dirname(args.data.rstrip("/")),
+                       "dataset": os.path.basename(args.data.rstrip("/"))}, "val")
+    lines = [f"# SEDD beside its autoregressive twin ({data.meta['name']}, val split)", "",
+             f"Command: `python compare.py {' '.join(argv or [])}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
+             f"judge {judge}; device {device}, torch {torch.__version__}.", ""]
+
+    # 1. likelihood, on the same val windows for every model
+    lines += ["## Likelihood", "", "| model | val bits per character | steps | training wall time |", "|---|---|---|---|"]
+    for name, run in runs.items():
+        eval_cfg = {**run["cfg"], "eval_batches": args.eval_seqs // run["cfg"]["batch_size"], "eval_n_t": args.eval_n_t}
+        result = train.evaluate(run["model"].to(device), run["graph"], run["noise"], data, eval_cfg, device, ctx)
+        kind = "<=" if run["graph"] is not None else "="
+        lines.append(f"| {name} | {kind} {result['bits']:.3f} +- {result['bits_se']:.3f} | {run['iters']:,} | "
+                     f"{run['minutes']:.1f} min |")
+        print(lines[-1], flush=True)
+    for n in (3, 4, 5):
+        start = time.perf_counter()
+        bits = ngram_bits(args.data, n)
+        lines.append(f"| character {n}-gram (add-0.1) | = {bits:.3f} (whole val split) | - | {time.perf_counter() - start:.0f} s |")
+        print(lines[-1], flush=True)
+
+    # 2. samples against compute
+    vocabulary = set(dataset_words(args.data))
+    _, decode = get_tokenizer(absorb["meta"])
+    points = []  # (label, network evaluations per sample, scores)
+    for steps in [int(s) for s in args.steps.split(",")]:
+        torch.manual_seed(args.seed)
+        stats = {}
+        x = sample(absorb["model"], absorb["graph"], absorb["noise"], (args.samples, L), steps, device=device, stats=stats)
+        texts = [decode(r) for r in x.tolist()]
+        points.append((f"SEDD {steps} steps", stats["network_evals"], score(texts, x, judge, vocabulary, device)))
+        print(points[-1], flush=True)
+    for top_p in (1.0, args.top_p):
+        torch.manual_seed(args.seed)
+        stats = {}
+        x = sample_ar(twin["model"].to(device), (args.samples, L), top_p=top_p, device=device, stats=stats)
+        texts = [decode(r) for r in x.tolist()]
+        label = "twin, temperature 1" if top_p == 1 else f"twin, nucleus {top_p}"
+        points.append((label, stats["network_evals"], score(texts, x, judge, vocabulary, device)))
+        print(points[-1], flush=True)
+    lines += ["", f"## Samples against compute ({args.samples} samples of {L} characters each)", "",
+              "| sampler | network evaluations | judge perplexity per character | unigram entropy (nats) | real words |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {label} | {evals} | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |" for label, evals, s in points]
+    windows = data.eval_batches(args.samples, args.samples)[0]  # held-out text, evenly spread over val
+    s = score([decode(w.tolist()) for w in windows], windows, judge, vocabulary, device)
+    lines.append(f"| real val text | - | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |")
+
+    # 3. infilling: the middle span of the same held-out windows
+    lo, hi = (L - args.span) // 2, (L + args.span) // 2
+    torch.manual_seed(args.seed)
+    given = [i for i in range(L) if not lo <= i < hi]
+    filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), 256, device=device,
+                                 prompt={i: int(w[i]) for i in given})[0] for w in windows])
+    torch.manual_seed(args.seed)
+    continued = torch.stack([sample_ar(twin["model"], (1, L), prompt={i: int(w[i]) for i in range(lo)}, device=device)[0]
+                             for w in windows])
+    continued[:, hi:] = windows[:, hi:]  # the twin's span, then the true suffix it could not see
+    lines += ["", f"## Infilling ({args.samples} val windows, characters {lo}-{hi - 1} removed)", "",
+              "| model | sees | judge perplexity per character of the window | real words in the span |", "|---|---|---|---|"]
+    for label, sees, x in (("SEDD Absorb, 256 steps", "prefix + suffix", filled),
+                           ("autoregressive twin", "prefix", continued), ("the removed text", "-", windows)):
+        texts = [decode(r) for r in x.tolist()]
+        spans = [decode(r[lo:hi]) for r in x.tolist()]
+        lines.append(f"| {label} | {sees} | {twin_perplexity(texts, judge, device=device):.2f} | "
+                     f"{real_words(spans, vocabulary):.1%} |")
+        print(lines[-1], flush=True)
+    lines += ["", "Sample (first window, SEDD):", "", "    " + decode(filled[0].tolist()), ""]
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(points, judge, os.path.join(args.out, "samples_vs_compute.png"))
+    print(f"wrote {args.out}/results.md")
+
+
+def plot(points, judge, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: pip install matplotlib")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, ylabel in ((axes[0], "ppl", f"perplexity per character under {os.path.basename(judge.rstrip('/'))}"),
+                            (axes[1], "words", "real words")):
+        sedd = [(e, s[key]) for label, e, s in points if label.startswith("SEDD")]
+        ax.plot(*zip(*sedd), "o-", label="SEDD Absorb (Tweedie)")
+        for label, e, s in points:
+            if not label.startswith("SEDD"):
+                ax.plot(e, s[key], "s", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per sample")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
