@@ -16,9 +16,9 @@
   machine hits all alike; tokens/s are medians over rounds, speed-ups medians of the per-round
   ratios to float32 eager. MFU = estimate_flops_per_token() * tokens/s / peak of its dtype.
   Memory: per variant on CUDA; on CPU the peak resident set of the whole process.
-- Sampling: sampling.sample (Tweedie) of the config's model, of its sigma-free twin
-  (cond_sigma=False) and of that twin with the absorbing cache: tokens/s and network
-  evaluations/s. Uncached, every step is one evaluation, so those rows run at one step count.
+- Sampling: sampling.sample of the config's model, Tweedie at sample_steps x block_size steps and
+  (absorbing graph) first hitting, or the twin's left-to-right sampler: tokens/s and network
+  evaluations/s.
 - Quality (--quality_iters=N): train.train N steps from the same seed in float32 eager and in
   train.py's path for the config, then the val ELBO of both (EMA weights, train.evaluate in
   float32, the same t and x_t) and their difference.
@@ -39,7 +39,7 @@ from graph import get_graph
 from model import SEDD, pick_device
 from noise import get_noise
 from prepare import fail, load_meta
-from sampling import draw_dtype, sample
+from sampling import draw_dtype, sample, sample_ar
 
 BENCH = dict(
     variants="fp32,bf16,fp32_compile,bf16_compile",  # any of these, comma-separated
@@ -158,30 +158,32 @@ def bench_training(cfg, bench, device, graph, noise, peaks):
 
 def bench_sampling(cfg, bench, device, graph, noise):
     B, L = bench["sample_batch"], cfg["block_size"]
-    dtype = train.pick_dtype(cfg["dtype"], device)
+    dtype, draws = train.pick_dtype(cfg["dtype"], device), draw_dtype(device)
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    multiples = sorted(int(m) for m in str(bench["sample_steps"]).split(","))
-    print(f"\nsampling: batch {B} x {L} tokens, Tweedie, {str(dtype)[6:]}, eager, untrained weights "
-          "(the cache's savings depend only on the noise schedule)")
-    print(f"{'model':<28}{'steps':>7}{'seconds':>9}{'tokens/s':>10}{'evals/s':>9}{'evals':>7}{'seqs':>7}")
-    rows = [("sigma-conditioned", dict(), False)]
-    if cfg["graph"] == "absorb":
-        rows += [("sigma-free, no cache", dict(cond_sigma=False), False), ("sigma-free + cache", dict(cond_sigma=False), True)]
-    for name, overrides, cache in rows:
-        model = build_model(cfg, graph, dropout=0.0, **overrides).to(device).eval()
-        for m in multiples if cache else multiples[:1]:
-            stats = {}
-            torch.manual_seed(cfg["seed"])
-            sync(device)
-            start = time.perf_counter()
-            with ctx:
-                sample(model, graph, noise, (B, L), m * L, dtype=draw_dtype(device), device=device, cache=cache,
-                       stats=stats)
-            sync(device)
-            sec = time.perf_counter() - start
-            print(f"{name:<28}{m * L:>7}{sec:>9.2f}{B * L / sec:>10,.0f}{stats['network_evals'] / sec:>9.1f}"
-                  f"{stats['network_evals']:>7}{stats['sequence_evals']:>7}")
-    print("evals: forward passes; seqs: sequences through the network (the cache passes only changed ones)")
+    model = build_model(cfg, graph, dropout=0.0).to(device).eval()
+    print(f"\nsampling: batch {B} x {L} tokens, {str(dtype)[6:]}, eager, untrained weights (a sampler's cost "
+          "does not depend on them)")
+    print(f"{'sampler':<28}{'seconds':>9}{'tokens/s':>10}{'evals/s':>9}{'evals':>7}")
+    if cfg["ar"]:
+        runs = {"twin, left to right": lambda stats: sample_ar(model, (B, L), dtype=draws, device=device, stats=stats)}
+    else:
+        runs = {f"Tweedie, {m * L} steps": (lambda stats, m=m: sample(model, graph, noise, (B, L), m * L, dtype=draws,
+                                                                       device=device, stats=stats))
+                for m in sorted(int(m) for m in str(bench["sample_steps"]).split(","))}
+        if cfg["graph"] == "absorb":
+            runs["first hitting (exact)"] = lambda stats: sample(model, graph, noise, (B, L), None, "first_hitting",
+                                                                 dtype=draws, device=device, stats=stats)
+    for name, run in runs.items():
+        stats = {}
+        torch.manual_seed(cfg["seed"])
+        sync(device)
+        start = time.perf_counter()
+        with ctx:
+            run(stats)
+        sync(device)
+        sec = time.perf_counter() - start
+        print(f"{name:<28}{sec:>9.2f}{B * L / sec:>10,.0f}{stats['network_evals'] / sec:>9.1f}{stats['network_evals']:>7}")
+    print("evals: network forward passes of the batch")
 
 
 def check_quality(cfg, iters, device, graph, noise):

@@ -42,8 +42,7 @@ class SEDDConfig:
     block_size: int = 1024       # training length; rotary has no position table, so not a hard limit
     dropout: float = 0.1         # the paper's; 0 for tiny runs
     scale_by_sigma: bool = True  # absorbing graph only
-    cond_sigma: bool = True      # False: a sigma-free network (see SEDD.forward)
-    causal: bool = False         # True: the autoregressive twin (see SEDD.forward)
+    causal: bool = False         # True: the autoregressive twin, with no noise (see SEDD.forward)
 
     @classmethod
     def small(cls, vocab_size=50258, **kw):
@@ -192,7 +191,7 @@ class SEDD(nn.Module):
         super().__init__()
         self.config = config
         self.vocab_embed = EmbeddingLayer(config.vocab_size, config.n_embd)
-        if config.cond_sigma:
+        if not config.causal:
             self.sigma_map = TimestepEmbedder(config.cond_dim)
         self.rotary_emb = Rotary(config.n_embd // config.n_head)
         self.blocks = nn.ModuleList(DDiTBlock(config) for _ in range(config.n_layer))
@@ -206,19 +205,16 @@ class SEDD(nn.Module):
         those at position i being of the token at i + 1 (loss.ar_nll)."""
         B, L = x_t.shape
         x = self.vocab_embed(x_t)
-        if self.config.cond_sigma:
+        if self.config.causal:
+            # The twin has no noise to condition on: the adaLN layers keep their shapes but see
+            # c = 0, so only their biases act (a learned constant shift, scale and gate per
+            # block, with the same adaLN-zero start); their weights get zero gradient.
+            c = x.new_zeros(B, self.config.cond_dim)
+        else:
             sigma = sigma.float().reshape(-1).expand(B)
             # float32 as in the official release, whose autocast covers only the blocks
             with torch.autocast(x.device.type, enabled=False):
                 c = F.silu(self.sigma_map(sigma))
-        else:
-            # Sigma-free network (Ou et al. 2024: the absorbing score is a sigma-dependent scalar
-            # times a sigma-free conditional of the clean tokens). The adaLN layers keep their
-            # shapes but see c = 0, so only their biases act: a learned constant shift, scale and
-            # gate per block, with the same adaLN-zero start. Their weights get zero gradient and
-            # stay zero. The output before the scale_by_sigma shift then depends on x_t only, so a
-            # sampler may reuse it while x_t does not change and only recompute the shift.
-            c = x.new_zeros(B, self.config.cond_dim)
         cos, sin = self.rotary_emb(L)
         for block in self.blocks:
             x = block(x, c, cos, sin)
@@ -226,10 +222,8 @@ class SEDD(nn.Module):
         if self.config.causal:
             return x
         if self.config.scale_by_sigma:
-            sigma = sigma.float().reshape(-1).expand(B)
-            # log((e^sigma - 1)(dim - 1)) with expm1 for small sigma; the exact sigma factor of
-            # the absorbing score, kept by sigma-free networks too. (One pass over the [B, L, dim]
-            # output: the two logs are added first.)
+            # log((e^sigma - 1)(dim - 1)) with expm1 for small sigma: the exact sigma factor of
+            # the absorbing score. (One pass over the [B, L, dim] output: the logs are added first.)
             x = x - (torch.expm1(sigma).log() + math.log(self.config.vocab_size - 1))[:, None, None]
         # log of the ratio of x_t to itself; in place (x is a fresh tensor that autograd does not
         # keep), which saves a copy of the largest tensor of the network at a 50k vocabulary
@@ -285,7 +279,7 @@ class SEDD(nn.Module):
                                 cond_dim=m["cond_dim"], n_layer=m["n_blocks"], n_head=m["n_heads"],
                                 block_size=m.get("length", SEDDConfig.block_size),
                                 dropout=m["dropout"] if dropout is None else dropout, causal=causal,
-                                scale_by_sigma=m["scale_by_sigma"], cond_sigma=m.get("cond_sigma", True))
+                                scale_by_sigma=m["scale_by_sigma"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"{cfg_file} is not an SEDD config (missing or malformed entry {e})") from None
         st_file, pt_file = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
@@ -318,7 +312,7 @@ class SEDD(nn.Module):
         hf = {"tokens": c.vocab_size - (graph_name == "absorb" or c.causal),
               "model": {"hidden_size": c.n_embd, "cond_dim": c.cond_dim, "length": c.block_size,
                         "n_blocks": c.n_layer, "n_heads": c.n_head, "scale_by_sigma": c.scale_by_sigma,
-                        "dropout": c.dropout, "cond_sigma": c.cond_sigma, "causal": c.causal}}
+                        "dropout": c.dropout, "causal": c.causal}}
         if not c.causal:
             hf.update(graph={"type": graph_name}, noise=dict(noise_config))
         os.makedirs(out_dir, exist_ok=True)

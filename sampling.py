@@ -20,9 +20,10 @@ graph this is exact in the limit of small steps (a noised prompt token is itself
 clean one conditions on exactly the clean value); for the uniform graph the truly noised
 prompt would have moved, and clamping clean tokens is an approximation.
 
-For a sigma-free absorbing network (model.py, cond_sigma=False) the score is a network output
-that depends on x_t only, shifted by an exact function of sigma; steps that change no token
-then need no new network evaluation (ScoreFn below). With many steps most are skipped.
+For the absorbing graph, first_hitting simulates the reverse process exactly instead: no time
+grid, one unmasking per network call at the time the schedule's law draws (the next unmasking
+time has a closed form), so L network calls make a sample of L tokens, with no discretisation
+error. Tau-leaping with more steps than tokens spends most calls on steps that reveal nothing.
 
     python sampling.py --ckpt out/text8_tiny --steps 256 --prefix "the king" --show_steps 4
     python sampling.py --ckpt louaaron/sedd-small --length 128 --suffix " the end."
@@ -83,51 +84,6 @@ def draw_dtype(device):
         return torch.float32
 
 
-class ScoreFn:
-    """Calls the network and counts its evaluations (forward passes and sequences).
-
-    Cache: a sigma-free network (model.config.cond_sigma == False) computes
-    log s = f(x_t) - shift(sigma), then sets the entry of the input token to 0, where
-    shift = log(e^sigma - 1) + log(dim - 1) for scale_by_sigma (the exact sigma factor of the
-    absorbing score) and 0 otherwise. f(x_t) of a sequence that did not change since its last
-    evaluation is the same, so we keep f + shift(sigma_then) and re-apply the new shift: exact
-    up to float rounding, not an approximation. Only rows that changed go through the network.
-    A sigma-conditioned network (the official checkpoints, an exact score) is always called.
-    """
-
-    def __init__(self, model, graph, cache=True):
-        config = getattr(model, "config", None)
-        self.model, self.dim = model, graph.dim
-        self.cache = cache and config is not None and getattr(config, "cond_sigma", True) is False
-        self.scale = self.cache and config.scale_by_sigma
-        self.x = self.f = None  # the tokens of the last evaluation and f(x) + shift there
-        self.calls = self.sequences = 0
-
-    def shift(self, sigma):
-        if not self.scale:
-            return torch.zeros_like(sigma)[:, None, None]
-        return (torch.expm1(sigma).log() + math.log(self.dim - 1))[:, None, None]
-
-    def network(self, x, sigma):
-        self.calls += 1
-        self.sequences += x.shape[0]
-        return self.model(x, sigma)
-
-    def __call__(self, x, sigma):
-        """x [B, L], sigma [B] -> log_score [B, L, dim]."""
-        if not self.cache:
-            return self.network(x, sigma)
-        stale = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if self.x is None else (x != self.x).any(-1)
-        if stale.any():
-            f = self.network(x[stale], sigma[stale]).to(sigma.dtype) + self.shift(sigma[stale])
-            if self.f is None:
-                self.f = f
-            else:
-                self.f[stale] = f
-            self.x = x.clone()
-        return (self.f - self.shift(sigma)).scatter(-1, x[..., None], 0.0)
-
-
 def tweedie_probs(graph, score, x, delta_sigma):
     """Eq. 19: (exp(-delta_sigma Q) s)_y exp(delta_sigma Q)[x, y], per position. [B, L, dim]"""
     return graph.staggered_score(score, delta_sigma) * graph.transp_transition(x, delta_sigma)
@@ -135,37 +91,38 @@ def tweedie_probs(graph, score, x, delta_sigma):
 
 @torch.no_grad()
 def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, denoise=True,
-           prompt=None, dtype=torch.float64, device="cpu", cache=True, callback=None, stats=None):
+           prompt=None, dtype=torch.float64, device="cpu", callback=None, stats=None):
     """Draw sequences x [B, L] (int64) from the reverse diffusion (Algorithms 2 and 3).
 
     model: any callable (x_t [B, L], sigma_bar [B]) -> log_score [B, L, dim], e.g. an SEDD in
-        eval mode. predictor: "analytic" (Tweedie, Eq. 19) or "euler" (Eq. 17).
+        eval mode. predictor: "analytic" (Tweedie, Eq. 19), "euler" (Eq. 17), or
+        "first_hitting" (absorbing graph only: the exact reverse process, see first_hitting;
+        `steps`, `eps` and `denoise` do not apply to it).
     prompt: {position: token} clamped in every sequence (prefix, suffix, middle, scattered);
         those positions come out bit-identical. See text_prompt for text.
     dtype: of the probabilities and the categorical noise (float64: see sample_categorical).
-    cache: reuse the output of a sigma-free network for unchanged sequences (ScoreFn).
     callback(step, x): called after each of the `steps` updates, e.g. to print progress.
-    stats: a dict, filled with steps, network_evals (forward passes) and sequence_evals
-        (sequences through the network; B per pass without the cache).
+    stats: a dict, filled with steps and network_evals (forward passes of the batch).
     With denoise=False the output may still hold MASK tokens.
     """
-    if predictor not in ("analytic", "euler"):
-        raise ValueError(f"predictor must be 'analytic' or 'euler', not {predictor!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, not {steps}")
+    if predictor not in ("analytic", "euler", "first_hitting"):
+        raise ValueError(f"predictor must be 'analytic', 'euler' or 'first_hitting', not {predictor!r}")
     B, L = shape
     positions, tokens = prompt_tensors(prompt, graph.n_tokens, L, device)
+    if predictor == "first_hitting":
+        return first_hitting(model, graph, noise, B, L, positions, tokens, dtype, device, callback, stats)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, not {steps}")
 
     def clamp(x):  # Algorithm 3: the prompt positions keep their tokens
         x[:, positions] = tokens
         return x
 
-    score_fn = ScoreFn(model, graph, cache)
     t = torch.linspace(1, eps, steps + 1, dtype=dtype, device=device)
     x = clamp(graph.sample_limit(B, L, device=device))
     for k in range(steps):
         sigma, dsigma = noise(t[k])
-        score = score_fn(x, sigma.expand(B)).to(dtype).exp()
+        score = model(x, sigma.expand(B)).to(dtype).exp()
         if predictor == "euler":
             # Eq. 17: delta_x + dt Q_t(x, .) s with Q_t = dsigma Q (reverse_rate is at unit rate)
             probs = graph.one_hot(x, score) + dsigma * (t[k] - t[k + 1]) * graph.reverse_rate(x, score)
@@ -179,13 +136,51 @@ def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, de
         # Thm 4.1 from sigma_bar(eps) to 0: the true denoiser for the exact score. MASK has no
         # data mass, so its column is dropped (~0 for the exact score, not for a learned one).
         sigma = noise(t[-1])[0].expand(B)
-        score = score_fn(x, sigma).to(dtype).exp()
+        score = model(x, sigma).to(dtype).exp()
         probs = tweedie_probs(graph, score, x, sigma[:, None])
         if isinstance(graph, Absorbing):
             probs = probs[..., : graph.mask]
         x = clamp(sample_categorical(probs, dtype))
     if stats is not None:
-        stats.update(steps=steps, network_evals=score_fn.calls, sequence_evals=score_fn.sequences)
+        stats.update(steps=steps, network_evals=steps + denoise)
+    return x
+
+
+def first_hitting(model, graph, noise, B, L, positions, tokens, dtype, device, callback, stats):
+    """The absorbing reverse process simulated exactly, one unmasking at a time (Zheng et al.
+    2024, arXiv:2409.02908): no time grid, one network call per generated token.
+
+    Forward, each token is masked independently at a random time whose law the schedule fixes:
+    masked by time t with probability m(t) = 1 - e^{-sigma_bar(t)}. In reverse, given k masked
+    positions at time t, each one's masking time is ~ m^{-1}(m(t) U) with U uniform, so the next
+    unmasking (the latest of the k) has m(s) = m(t) u^{1/k}, u ~ U(0, 1): for log-linear noise,
+    m = (1 - eps) t and s = t u^{1/k}. Which masked position unmasks is uniform (they are
+    exchangeable), and its token follows the reverse rates at time s (Def. 3.5: from MASK to y
+    proportional to the score s_y). Only m matters, never t, so every schedule works the same,
+    and each sequence keeps its own clock. With the true score the output follows the data law
+    exactly: starting from all MASK loses nothing, since whether a token is masked does not
+    depend on its value."""
+    if not isinstance(graph, Absorbing):
+        raise ValueError("first_hitting simulates the absorbing graph's reverse process; it does not apply to "
+                         "the uniform graph, whose tokens can change many times: use 'analytic' or 'euler'")
+    x = graph.sample_limit(B, L, device=device)
+    x[:, positions] = tokens
+    masked = x == graph.mask
+    rows = torch.arange(B, device=device)
+    sigma_max = noise(torch.tensor(1.0, dtype=dtype, device=device))[0]
+    m = (-torch.expm1(-sigma_max)).expand(B)  # the probability of being masked at t = 1
+    n_free = L - len(positions)
+    for k in range(n_free, 0, -1):  # k positions still masked in every sequence
+        m = m * torch.rand(B, dtype=dtype, device=device) ** (1 / k)
+        sigma = -torch.log1p(-m)  # sigma_bar at the next unmasking time
+        pos = sample_categorical(masked.to(dtype), dtype)  # uniform among the masked positions
+        score = model(x, sigma)[rows, pos, : graph.mask]
+        x[rows, pos] = sample_categorical(score.to(dtype).exp(), dtype)
+        masked[rows, pos] = False
+        if callback is not None:
+            callback(n_free - k + 1, x)
+    if stats is not None:
+        stats.update(steps=n_free, network_evals=n_free)
     return x
 
 
@@ -380,8 +375,10 @@ def main(argv=None):
     parser.add_argument("--ckpt", required=True,
                         help="a training output directory (config.json, pytorch_model.bin, meta.json, e.g. "
                              "out/text8_tiny) or a hub id such as louaaron/sedd-small")
-    parser.add_argument("--steps", type=int, default=128, help="diffusion sampling steps")
-    parser.add_argument("--predictor", choices=["analytic", "euler"], default="analytic")
+    parser.add_argument("--steps", type=int, default=128, help="tau-leaping steps (analytic, euler)")
+    parser.add_argument("--predictor", choices=["analytic", "euler", "first_hitting"], default="analytic",
+                        help="analytic: Tweedie tau-leaping (Eq. 19); euler (Eq. 17); first_hitting: the exact "
+                             "absorbing reverse process, one network call per token (--steps does not apply)")
     parser.add_argument("--top_p", type=float, default=1.0,
                         help="autoregressive twin: nucleus sampling, keep the most likely tokens holding this "
                              "much probability (1: temperature 1, the model's own law)")
@@ -447,20 +444,26 @@ def main(argv=None):
     dtype = draw_dtype(device)
     torch.manual_seed(args.seed)
     model.to(device)
-    shown = {round(args.steps * k / (args.show_steps + 1)) for k in range(1, args.show_steps + 1)}
+    hitting = args.predictor == "first_hitting"
+    total = length - len(prompt) if hitting else args.steps  # updates: one per free token, or the steps
+    shown = {round(total * k / (args.show_steps + 1)) for k in range(1, args.show_steps + 1)}
 
     def show(step, x):
         if step in shown:
-            print(f"step {step:>5}/{args.steps}: {render(x[0].tolist(), decode, graph.mask if absorb else None)}")
+            print(f"step {step:>5}/{total}: {render(x[0].tolist(), decode, graph.mask if absorb else None)}")
 
     stats = {}
     if ar:
         x = sample_ar(model, (args.batch_size, length), prompt, args.top_p, dtype=dtype, device=device, stats=stats)
         how = "left to right" + (f", nucleus top_p={args.top_p}" if args.top_p < 1 else ", temperature 1")
     else:
-        x = sample(model, graph, noise, (args.batch_size, length), args.steps, args.predictor,
-                   prompt=prompt, dtype=dtype, device=device, callback=show, stats=stats)
-        how = f"{args.steps} steps ({args.predictor}), {stats['sequence_evals']} sequences through the network"
+        try:
+            x = sample(model, graph, noise, (args.batch_size, length), args.steps, args.predictor,
+                       prompt=prompt, dtype=dtype, device=device, callback=show, stats=stats)
+        except ValueError as e:  # first_hitting on a uniform-graph model
+            fail(e)
+        how = ("first hitting (exact; --steps does not apply)" if hitting else
+               f"{args.steps} steps ({args.predictor})")
     texts = [decode(row) for row in x.tolist()]
     for i, text in enumerate(texts):
         print(f"---------- sample {i} ----------")

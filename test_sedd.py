@@ -81,26 +81,29 @@ class ExactScore:
         self.p_data[(slice(0, p_data.shape[0]),) * self.L] = p_data  # MASK has no data mass
         self.calls = 0
 
-    def marginal(self, sigma):
-        p, K = self.p_data, expm(self.graph, sigma)
-        for axis in range(self.L):
-            p = torch.movedim(torch.tensordot(K, p, dims=([1], [axis])), 0, axis)
+    def marginals(self, sigmas):
+        """p_sigma for each sigma of a 1-d tensor: [S, dim, ..., dim]."""
+        K = torch.linalg.matrix_exp(sigmas.reshape(-1, 1, 1) * self.graph.rate_matrix())
+        p = self.p_data.expand(len(K), *self.p_data.shape)
+        for axis in range(1, self.L + 1):  # K applied to each token independently
+            p = torch.einsum("sij,s...j->s...i", K, p.movedim(axis, -1)).movedim(-1, axis)
         return p
+
+    def marginal(self, sigma):
+        return self.marginals(sigma.reshape(1))[0]
 
     def __call__(self, x_t, sigma):
         self.calls += 1
-        sigma = sigma.reshape(-1)
+        sigma = sigma.reshape(-1).expand(len(x_t))
         dim, L = self.graph.dim, self.L
         place = dim ** torch.arange(L - 1, -1, -1)
         flat = (x_t * place).sum(-1)
         y = torch.arange(dim)
         neighbours = flat[:, None, None] + (y[None, None, :] - x_t[:, :, None]) * place[None, :, None]
-        out = torch.empty(*x_t.shape, dim)
-        for s in sigma.unique():
-            rows = sigma == s
-            log_p = self.marginal(s).reshape(-1).log()
-            out[rows] = log_p[neighbours[rows]] - log_p[flat[rows]][:, None, None]
-        return out
+        levels, row_level = sigma.unique(return_inverse=True)  # one marginal per distinct sigma
+        log_p = self.marginals(levels).reshape(len(levels), -1).log()[row_level]  # [B, dim^L]
+        out = log_p.gather(1, neighbours.reshape(len(x_t), -1)).reshape(*x_t.shape, dim)
+        return out - log_p.gather(1, flat[:, None])[..., None]
 
 
 def all_sequences(dim, length):
@@ -484,8 +487,8 @@ def test_checkpoint_round_trip(tmp_path, fmt, float32):
     """The official layout (written here) and save_pretrained load back bit-for-bit, with the
     checkpoint's noise schedule (a geometric one's sigma_min and sigma_max too)."""
     path = tmp_path / "ckpt"
-    if fmt == "save_pretrained":  # a uniform, sigma-free model
-        c, noise = tiny(scale_by_sigma=False, cond_sigma=False), GeometricNoise(sigma_min=1e-3, sigma_max=5.0)
+    if fmt == "save_pretrained":  # a uniform model
+        c, noise = tiny(scale_by_sigma=False), GeometricNoise(sigma_min=1e-3, sigma_max=5.0)
         m = randomized(c, seed=3)
         m.save_pretrained(path, "uniform", noise_config(noise))
         assert json.loads((path / "config.json").read_text())["tokens"] == c.vocab_size
@@ -527,23 +530,6 @@ def test_from_pretrained_clear_errors(tmp_path, monkeypatch, float32):
     torch.save(sd, tmp_path / "pytorch_model.bin")
     with pytest.raises(RuntimeError, match="do not match"):
         SEDD.from_pretrained(str(tmp_path))
-
-
-def test_sigma_free_output_depends_on_sigma_only_through_the_shift(float32):
-    c = tiny(cond_sigma=False)
-    m = randomized(c)
-    assert not any(k.startswith("sigma_map") for k in m.state_dict())
-    x, s1 = batch(c)
-    s2 = torch.tensor([3.0, 1e-3, 0.2])
-    off = not_input(x, c.vocab_size)
-    shift = lambda s: torch.expm1(s).log()[:, None, None].expand(*x.shape, c.vocab_size)
-    assert torch.allclose((m(x, s1) + shift(s1))[off], (m(x, s2) + shift(s2))[off], atol=1e-4, rtol=0)
-    mc = randomized(tiny())  # a sigma-conditioned network does not have this property
-    assert not torch.allclose((mc(x, s1) + shift(s1))[off], (mc(x, s2) + shift(s2))[off], atol=1e-2)
-    # c = 0: the adaLN weights get no gradient (they stay at zero), their biases do
-    m(x, s1).sum().backward()
-    ada = m.blocks[0].adaLN_modulation
-    assert torch.equal(ada.weight.grad, torch.zeros_like(ada.weight)) and ada.bias.grad.abs().max() > 0
 
 
 @pytest.mark.parametrize("scale_by_sigma", [True, False])
@@ -630,7 +616,7 @@ def test_samples_follow_the_exact_law(graph_cls, noise, predictor):
     assert (x < 3).all()  # no MASK
     assert tv(empirical(x, 3), law) < math.sqrt(9 / n)  # 0.021 (observed 0.004 to 0.008)
     assert tv(law, p_data) > 0.1  # 0.15 to 0.37: 4 steps are measurably wrong, the test has teeth
-    assert stats == dict(steps=4, network_evals=5, sequence_evals=5 * n) and score.calls == 5
+    assert stats == dict(steps=4, network_evals=5) and score.calls == 5
 
 
 @pytest.mark.parametrize("graph_cls,noise", CASES)
@@ -679,27 +665,54 @@ def test_infilling(graph_cls, noise, prompt):
         assert tv(law, true) > 0.1
 
 
-def test_absorbing_cache_is_exact_and_skips_evaluations(float32):
-    model, graph, noise = randomized(tiny(cond_sigma=False), std=0.3), Absorbing(10), LogLinearNoise()
-    B, L, steps, prompt = 4, 8, 256, {3: 7}
-    x, stats = {}, {True: {}, False: {}}
-    for cache in [True, False]:
-        torch.manual_seed(3)
-        x[cache] = sample(model, graph, noise, (B, L), steps, prompt=prompt, cache=cache, stats=stats[cache])
-    # Float rounding of the re-applied shift (~1e-7) could flip an argmax only at a near-tie.
-    assert torch.equal(x[True], x[False]) and (x[True] < 10).all() and len(x[True].unique()) > 3
-    assert stats[False] == dict(steps=steps, network_evals=steps + 1, sequence_evals=B * (steps + 1))
-    # A sequence is evaluated first, then only after a step that changed it: each of its 7 free
-    # positions leaves MASK once and never changes again, so <= 1 + 7 evaluations per sequence.
-    free = L - len(prompt)
-    assert stats[True]["sequence_evals"] <= B * (1 + free) and stats[True]["network_evals"] <= 1 + B * free
-    stats = {}
-    sample(randomized(tiny(), std=0.3), graph, noise, (B, L), 16, stats=stats)
-    assert stats["network_evals"] == 17  # a sigma-conditioned network is never cached
+def test_denoiser_never_outputs_mask():
     # A score that underrates every token (s = e^-10) leaves about half the positions masked after
     # one step and puts ~all the denoiser's mass on MASK: dropping that column must unmask them.
     underrated = lambda x, sigma: torch.full((*x.shape, 11), -10.0).scatter(-1, x[..., None], 0.0)
-    assert (sample(underrated, graph, noise, (64, L), 1) < 10).all()
+    assert (sample(underrated, Absorbing(10), LogLinearNoise(), (64, 8), 1) < 10).all()
+
+
+@pytest.mark.parametrize("noise", NOISES)
+def test_first_hitting_samples_the_data_law_exactly(noise):
+    """With the true score, first hitting draws p_data exactly, whatever the schedule (no
+    discretisation, no leak: whether a token is masked does not depend on its value), with one
+    network call per free position; with a prompt, the exact conditional. The uniform graph
+    refuses it."""
+    torch.manual_seed(5)
+    graph, p_data, n = Absorbing(3), correlated_data(3, 3), 20_000
+    score, stats = ExactScore(graph, p_data), {}
+    x = sample(score, graph, noise, (n, 3), None, "first_hitting", stats=stats)
+    assert (x < 3).all() and stats == dict(steps=3, network_evals=3) and score.calls == 3
+    assert tv(empirical(x, 3), p_data) < math.sqrt(27 / n)  # 0.037 (observed ~0.01)
+    x = sample(ExactScore(graph, p_data), graph, noise, (n, 3), None, "first_hitting", prompt={1: 2}, stats=stats)
+    true = torch.zeros_like(p_data)
+    true[:, 2] = p_data[:, 2] / p_data[:, 2].sum()
+    assert (x[:, 1] == 2).all() and stats["network_evals"] == 2
+    assert tv(empirical(x, 3), true) < math.sqrt(9 / n)
+    with pytest.raises(ValueError, match="does not apply to the uniform graph"):
+        sample(ExactScore(Uniform(3), p_data), Uniform(3), noise, (4, 3), None, "first_hitting")
+
+
+def test_first_hitting_reveals_at_the_right_times():
+    """A made-up score whose token law depends on the noise: at a masked position token 0 has
+    probability m = 1 - e^{-sigma} (1 - m if the other position holds a 1). The exact law of the
+    process, with m_1 = m(t=1) and reveal times m_1 u1^(1/2) then that times u2: the first token
+    revealed is 0 with probability E[m_1 u1^(1/2)] = 2 m_1 / 3, and jointly
+    P(0, 0) = E[p1 p2] = m_1^2 / 4, P(0, 1) = 2 m_1 / 3 - m_1^2 / 4, P(1, 1) = m_1 / 3 - m_1^2 / 4;
+    the position revealed first is either, with probability 1/2. A sampler that evaluates the
+    score at the wrong time (e.g. the time before the jump) draws another law."""
+    def score(x, sigma):
+        m = -torch.expm1(-sigma.double())[:, None]
+        other = x.flip(1)  # the other position's token
+        p0 = torch.where(other == 1, 1 - m, m)
+        return torch.stack([p0, 1 - p0, torch.ones_like(p0)], dim=-1).log()
+    noise, n = LogLinearNoise(), 200_000
+    m1 = -math.expm1(-noise(torch.tensor(1.0))[0].item())
+    first = torch.tensor([[m1 ** 2 / 4, 2 * m1 / 3 - m1 ** 2 / 4], [1 - m1 + m1 ** 2 / 4, m1 / 3 - m1 ** 2 / 4]])
+    law = (first + first.T) / 2  # law[a, b]: first revealed a then b, at either position
+    torch.manual_seed(6)
+    x = sample(score, Absorbing(2), noise, (n, 2), None, "first_hitting")
+    assert tv(empirical(x, 2), law) < math.sqrt(4 / n) and tv(law, torch.full((2, 2), 0.25)) > 0.1
 
 
 def test_categorical_sampling_float64_and_float32():
@@ -895,7 +908,7 @@ def test_cli_gen_ppl(tmp_path, capsys, monkeypatch, gpt2_bpe, float32):
 
 def twin(n_tokens=3, seed=0, **kw):
     """A randomized autoregressive twin: causal, no sigma, n_tokens + BOS ids."""
-    return randomized(tiny(vocab_size=n_tokens + 1, causal=True, cond_sigma=False, scale_by_sigma=False, **kw),
+    return randomized(tiny(vocab_size=n_tokens + 1, causal=True, scale_by_sigma=False, **kw),
                       seed=seed, std=0.5)
 
 
@@ -911,9 +924,12 @@ def test_twin_is_causal_and_its_likelihood_a_normalised_law(float32):
     x = torch.randint(3, (4, 8), generator=torch.Generator().manual_seed(0))
     changed = x.clone()
     changed[:, 5] = (changed[:, 5] + 1) % 3
-    with torch.no_grad():
-        a, b = model(x), model(changed)
+    a, b = model(x), model(changed)
     assert torch.equal(a[:, :5], b[:, :5]) and not torch.allclose(a[:, 5:], b[:, 5:])  # position i reads <= i
+    a.sum().backward()  # no noise: the adaLN layers see c = 0, so only their biases learn
+    ada = model.blocks[0].adaLN_modulation
+    assert torch.equal(ada.weight.grad, torch.zeros_like(ada.weight)) and ada.bias.grad.abs().max() > 0
+    assert not any(k.startswith("sigma_map") for k in model.state_dict())
     xs, p = twin_law(model, 3, 4)
     assert p.sum().item() == pytest.approx(1.0, abs=1e-5) and p.min() > 0  # first token included (from BOS)
     path = Path(tempfile.mkdtemp())
@@ -947,7 +963,7 @@ def test_twin_as_judge_and_cli(tmp_path, capsys, float32):
     """A twin whose output ignores the context (blocks at their adaLN-zero start, output bias
     log q) gives every character the law q: its perplexity is exp(-mean log q(c)) by hand."""
     chars, q = " ab", torch.tensor([0.5, 0.3, 0.2])
-    model = SEDD(tiny(vocab_size=4, causal=True, cond_sigma=False, scale_by_sigma=False, block_size=16))
+    model = SEDD(tiny(vocab_size=4, causal=True, scale_by_sigma=False, block_size=16))
     with torch.no_grad():
         model.output_layer.linear.bias[:3] = q.log()
     model.save_pretrained(tmp_path / "judge")

@@ -74,7 +74,6 @@ DEFAULTS = dict(
     n_embd=768,
     cond_dim=128,
     dropout=0.1,           # also replaces a pretrained model's rate when fine-tuning
-    cond_sigma=True,       # False: sigma-free network (absorbing only), which samplers can cache
     ar=False,              # True: the autoregressive twin: causal attention, no noise, next-token loss
     # optimiser (paper / release)
     learning_rate=3e-4,
@@ -93,7 +92,7 @@ DEFAULTS = dict(
     compile="auto",        # "auto" | True | False; auto: on for CUDA
     seed=1337,
 )
-MODEL_KEYS = ("ar", "graph", "noise", "n_layer", "n_head", "n_embd", "cond_dim", "cond_sigma")
+MODEL_KEYS = ("ar", "graph", "noise", "n_layer", "n_head", "n_embd", "cond_dim")
 
 
 def settings_help(path, name):
@@ -235,11 +234,10 @@ def build_model(cfg, vocab_size):
     """A new SEDD of the config's shape, for a graph with vocab_size = graph.dim states; or its
     autoregressive twin (cfg["ar"]): the same network, causal, with no sigma, over the tokens
     and BOS (vocab_size = n_tokens + 1)."""
-    diffusion = not cfg["ar"]
     return SEDD(SEDDConfig(vocab_size=vocab_size, n_embd=cfg["n_embd"], cond_dim=cfg["cond_dim"],
                            n_layer=cfg["n_layer"], n_head=cfg["n_head"], block_size=cfg["block_size"],
-                           dropout=cfg["dropout"], scale_by_sigma=diffusion and cfg["graph"] == "absorb",
-                           cond_sigma=diffusion and cfg["cond_sigma"], causal=cfg["ar"]))
+                           dropout=cfg["dropout"], scale_by_sigma=cfg["graph"] == "absorb" and not cfg["ar"],
+                           causal=cfg["ar"]))
 
 
 class Data:
@@ -475,8 +473,7 @@ def init_model(cfg, meta):
         except (OSError, ValueError, RuntimeError, ImportError) as e:
             fail(e)
         c, schedule = model.config, model.noise_config
-        cfg.update(ar=c.causal, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, cond_dim=c.cond_dim,
-                   cond_sigma=c.cond_sigma)
+        cfg.update(ar=c.causal, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, cond_dim=c.cond_dim)
         if not c.causal:
             cfg.update(graph=model.graph_name, noise=schedule["type"])
     graph = None if cfg["ar"] else get_graph(cfg["graph"], meta["n_tokens"])
