@@ -20,7 +20,7 @@
   (absorbing graph) first hitting, or the twin's left-to-right sampler: tokens/s and network
   evaluations/s.
 - Quality (--quality_iters=N): train.train N steps from the same seed in float32 eager and in
-  train.py's path for the config, then the val ELBO of both (EMA weights, train.evaluate in
+  train.py's path for the config, then the val ELBO of both (EMA weights, evaluation.evaluate in
   float32, the same t and x_t) and their difference.
 """
 import ast
@@ -34,6 +34,7 @@ from contextlib import nullcontext, redirect_stdout
 
 import torch
 
+import evaluation
 import train
 from graph import get_graph
 from model import SEDD, pick_device
@@ -207,7 +208,7 @@ def check_quality(cfg, iters, device, graph, noise):
                     sys.stdout.write(log.getvalue())
                     raise
             model = SEDD.from_pretrained(out).to(device)  # the EMA weights, as train.py exports them
-            results[name] = train.evaluate(model, graph, noise, eval_data, cfg, device, nullcontext())
+            results[name] = evaluation.evaluate(model, graph, noise, eval_data, cfg, device, nullcontext())
             print(f"{name:<36} val ELBO {results[name]['bits']:.4f} +- {results[name]['bits_se']:.4f} {unit} "
                   f"({time.perf_counter() - start:.0f}s)")
     (a, b) = results.values()

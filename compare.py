@@ -14,13 +14,13 @@ below is what diffusion changes. Three claims of the paper, each on text8's vali
    each training run; character n-gram models (add-0.1 counts of the training split) for scale.
 2. Samples against compute (Figure 2, Section 5.2): SEDD samples at several numbers of Tweedie
    steps (one network evaluation each; Euler is the same law for absorbing + log-linear noise)
-   against the twin's samples at temperature 1 and with nucleus sampling (one evaluation per
+   and by first hitting (exact, one evaluation per character) against the twin's samples at temperature 1 and with nucleus sampling (one evaluation per
    character), scored by generative perplexity under a judge twin (per character), unigram
    entropy and the share of real words. The judge scores its own samples too: those get an
    edge (at temperature 1 their expected score is the judge's own entropy).
 3. Infilling (Table 3): held-out windows with a middle span removed; SEDD fills it seeing the
-   prefix and the suffix, the twin continues the prefix (it cannot see a suffix); the whole
-   window is then scored the same way.
+   prefix and the suffix (first hitting: the exact conditional for its score), the twin
+   continues the prefix (it cannot see a suffix); the whole window is then scored the same way.
 
 matplotlib draws the plots (pip install matplotlib); without it the tables are still written.
 """
@@ -33,12 +33,14 @@ import time
 import numpy as np
 import torch
 
+import evaluation
 import train
 from graph import get_graph
 from model import SEDD, pick_device
 from noise import noise_from_config
 from prepare import fail, get_tokenizer, load_meta
-from sampling import dataset_words, real_word_rate, sample, sample_ar, twin_perplexity, unigram_entropy
+from evaluation import dataset_words, real_word_rate, twin_perplexity, unigram_entropy
+from sampling import sample, sample_ar
 
 
 def load_run(out_dir):
@@ -89,7 +91,7 @@ def score(texts, token_rows, judge, vocabulary, device):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--absorb", default="out/text8_tiny")
-    parser.add_argument("--uniform", default="out/text8_tiny_uniform")
+    parser.add_argument("--uniform", default="out/text8_tiny_uniform", help="SEDD Uniform ('' to leave it out)")
     parser.add_argument("--ar", default="out/text8_tiny_ar")
     parser.add_argument("--judge", help="the judge twin (default: --ar)")
     parser.add_argument("--data", default="data/text8")
@@ -109,7 +111,7 @@ def main(argv=None):
     except ValueError as e:
         fail(e)
     runs = {name: load_run(d) for name, d in (("SEDD Absorb", args.absorb), ("SEDD Uniform", args.uniform),
-                                               ("autoregressive twin", args.ar))}
+                                               ("autoregressive twin", args.ar)) if d}
     absorb, twin = runs["SEDD Absorb"], runs["autoregressive twin"]
     cfg = absorb["cfg"]
     L, ctx = cfg["block_size"], contextlib.nullcontext()
@@ -124,7 +126,7 @@ def main(argv=None):
     lines += ["## Likelihood", "", "| model | val bits per character | steps | training wall time |", "|---|---|---|---|"]
     for name, run in runs.items():
         eval_cfg = {**run["cfg"], "eval_batches": args.eval_seqs // run["cfg"]["batch_size"], "eval_n_t": args.eval_n_t}
-        result = train.evaluate(run["model"].to(device), run["graph"], run["noise"], data, eval_cfg, device, ctx)
+        result = evaluation.evaluate(run["model"].to(device), run["graph"], run["noise"], data, eval_cfg, device, ctx)
         kind = "<=" if run["graph"] is not None else "="
         lines.append(f"| {name} | {kind} {result['bits']:.3f} +- {result['bits_se']:.3f} | {run['iters']:,} | "
                      f"{run['minutes']:.1f} min |")
@@ -138,43 +140,47 @@ def main(argv=None):
     # 2. samples against compute
     vocabulary = set(dataset_words(args.data))
     _, decode = get_tokenizer(absorb["meta"])
-    points = []  # (label, network evaluations per sample, scores)
-    for steps in [int(s) for s in args.steps.split(",")]:
-        torch.manual_seed(args.seed)
-        stats = {}
-        x = sample(absorb["model"], absorb["graph"], absorb["noise"], (args.samples, L), steps, device=device, stats=stats)
-        texts = [decode(r) for r in x.tolist()]
-        points.append((f"SEDD {steps} steps", stats["network_evals"], score(texts, x, judge, vocabulary, device)))
-        print(points[-1], flush=True)
+    shape = (args.samples, L)
+    samplers = {f"SEDD {steps} steps": lambda stats, steps=steps: sample(
+        absorb["model"], absorb["graph"], absorb["noise"], shape, steps, device=device, stats=stats)
+        for steps in [int(s) for s in args.steps.split(",")]}
+    samplers["SEDD first hitting (exact)"] = lambda stats: sample(
+        absorb["model"], absorb["graph"], absorb["noise"], shape, None, "first_hitting", device=device, stats=stats)
     for top_p in (1.0, args.top_p):
-        torch.manual_seed(args.seed)
-        stats = {}
-        x = sample_ar(twin["model"].to(device), (args.samples, L), top_p=top_p, device=device, stats=stats)
-        texts = [decode(r) for r in x.tolist()]
         label = "twin, temperature 1" if top_p == 1 else f"twin, nucleus {top_p}"
-        points.append((label, stats["network_evals"], score(texts, x, judge, vocabulary, device)))
+        samplers[label] = lambda stats, top_p=top_p: sample_ar(twin["model"].to(device), shape, top_p=top_p,
+                                                                device=device, stats=stats)
+    points = []  # (label, network evaluations per sample, seconds for all samples, scores)
+    for label, draw in samplers.items():
+        torch.manual_seed(args.seed)
+        stats, start = {}, time.perf_counter()
+        x = draw(stats)
+        seconds = time.perf_counter() - start
+        points.append((label, stats["network_evals"], seconds, score([decode(r) for r in x.tolist()], x, judge,
+                                                                     vocabulary, device)))
         print(points[-1], flush=True)
     lines += ["", f"## Samples against compute ({args.samples} samples of {L} characters each)", "",
-              "| sampler | network evaluations | judge perplexity per character | unigram entropy (nats) | real words |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {label} | {evals} | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |" for label, evals, s in points]
+              "| sampler | network evaluations | seconds | judge perplexity per character | unigram entropy (nats) "
+              "| real words |", "|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {evals} | {sec:.0f} | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |"
+              for label, evals, sec, s in points]
     windows = data.eval_batches(args.samples, args.samples)[0]  # held-out text, evenly spread over val
     s = score([decode(w.tolist()) for w in windows], windows, judge, vocabulary, device)
-    lines.append(f"| real val text | - | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |")
+    lines.append(f"| real val text | - | - | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |")
 
     # 3. infilling: the middle span of the same held-out windows
     lo, hi = (L - args.span) // 2, (L + args.span) // 2
     torch.manual_seed(args.seed)
-    given = [i for i in range(L) if not lo <= i < hi]
-    filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), 256, device=device,
-                                 prompt={i: int(w[i]) for i in given})[0] for w in windows])
+    given = [i for i in range(L) if not lo <= i < hi]  # first hitting: one network call per missing character
+    filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), None, "first_hitting",
+                                 prompt={i: int(w[i]) for i in given}, device=device)[0] for w in windows])
     torch.manual_seed(args.seed)
-    continued = torch.stack([sample_ar(twin["model"], (1, L), prompt={i: int(w[i]) for i in range(lo)}, device=device)[0]
-                             for w in windows])
-    continued[:, hi:] = windows[:, hi:]  # the twin's span, then the true suffix it could not see
+    continued = windows.clone()  # the twin's span after the true prefix, then the true suffix it could not see
+    for row, w in zip(continued, windows):
+        row[:hi] = sample_ar(twin["model"], (1, hi), prompt={i: int(w[i]) for i in range(lo)}, device=device)[0]
     lines += ["", f"## Infilling ({args.samples} val windows, characters {lo}-{hi - 1} removed)", "",
               "| model | sees | judge perplexity per character of the window | real words in the span |", "|---|---|---|---|"]
-    for label, sees, x in (("SEDD Absorb, 256 steps", "prefix + suffix", filled),
+    for label, sees, x in (("SEDD Absorb, first hitting", "prefix + suffix", filled),
                            ("autoregressive twin", "prefix", continued), ("the removed text", "-", windows)):
         texts = [decode(r) for r in x.tolist()]
         spans = [decode(r[lo:hi]) for r in x.tolist()]
@@ -199,11 +205,11 @@ def plot(points, judge, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, ylabel in ((axes[0], "ppl", f"perplexity per character under {os.path.basename(judge.rstrip('/'))}"),
                             (axes[1], "words", "real words")):
-        sedd = [(e, s[key]) for label, e, s in points if label.startswith("SEDD")]
-        ax.plot(*zip(*sedd), "o-", label="SEDD Absorb (Tweedie)")
-        for label, e, s in points:
-            if not label.startswith("SEDD"):
-                ax.plot(e, s[key], "s", label=label)
+        tweedie = [(e, s[key]) for label, e, _, s in points if label.endswith(" steps")]
+        ax.plot(*zip(*tweedie), "o-", label="SEDD Absorb, Tweedie")
+        for label, e, _, s in points:
+            if not label.endswith(" steps"):
+                ax.plot(e, s[key], "*" if "first hitting" in label else "s", markersize=10, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("network evaluations per sample")
         ax.set_ylabel(ylabel)

@@ -12,6 +12,7 @@ meta.json says how to turn ids back into text:
 
     python prepare.py text8 [--src text8.zip] [--proportional]  27 characters, 90M/5M/5M split
     python prepare.py chars --src input.txt [--name NAME]       your own text, character level
+    python prepare.py toy                                       offline, with an exactly known entropy
     python prepare.py owt [--num_proc 8]                        OpenWebText, GPT-2 BPE
     python prepare.py zeroshot --set lambada|wikitext2|wikitext103|ptb|lm1b|...|all   (Table 1)
 
@@ -71,7 +72,7 @@ def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         name = os.path.basename(os.path.normpath(data_dir))
-        cmd = {"text8": "text8", "openwebtext": "owt"}.get(name, f"chars --src FILE --name {name}")
+        cmd = {"text8": "text8", "openwebtext": "owt", "toy": "toy"}.get(name, f"chars --src FILE --name {name}")
         cmd = f"zeroshot --set {name}" if name in ZEROSHOT else cmd
         raise FileNotFoundError(f"{path} not found: prepare the dataset first with "
                                 f"`python prepare.py {cmd}`")
@@ -259,6 +260,60 @@ def prepare_chars(args):
 
 
 # -----------------------------------------------------------------------------
+# toy: an offline language whose entropy is known exactly
+
+TOY_VOWELS, TOY_CONSONANTS = "aeiou", "bdklmnst"
+
+
+def toy_chain():
+    """The toy language: a first-order Markov chain over space, 5 vowels and 8 consonants whose
+    samples look like words ("bato kinu sela"). After a space comes a consonant (0.8) or a vowel;
+    after a consonant a vowel (0.9) or a consonant; after a vowel a consonant (0.6), a space
+    (0.35) or a vowel; uniformly within each class. Returns (characters, transition matrix P with
+    P[a, b] = p(next b | a))."""
+    chars = " " + TOY_VOWELS + TOY_CONSONANTS
+    kind = ["space"] + ["vowel"] * len(TOY_VOWELS) + ["consonant"] * len(TOY_CONSONANTS)
+    follow = {"space": {"consonant": 0.8, "vowel": 0.2}, "consonant": {"vowel": 0.9, "consonant": 0.1},
+              "vowel": {"consonant": 0.6, "space": 0.35, "vowel": 0.05}}
+    P = np.array([[follow[kind[a]].get(kind[b], 0.0) / kind.count(kind[b]) for b in range(len(chars))]
+                  for a in range(len(chars))])
+    return chars, P
+
+
+def markov_corpus(P, n, seed=0):
+    """n tokens of the stationary Markov chain with transition matrix P, and its entropy in bits:
+    (H of the first token, the entropy rate per later token). A window of L tokens of the
+    stream has entropy H_first + (L - 1) H_rate bits exactly."""
+    w, v = np.linalg.eig(P.T)
+    pi = np.real(v[:, np.argmin(abs(w - 1))])
+    pi /= pi.sum()
+    H = lambda p: -sum(x * np.log2(x) for x in p if x > 0)
+    rng, cum = np.random.default_rng(seed), P.cumsum(1)
+    ids, u = np.empty(n, dtype=np.int64), rng.random(n)
+    ids[0] = np.searchsorted(pi.cumsum(), u[0])
+    for i in range(1, n):
+        ids[i] = min(np.searchsorted(cum[ids[i - 1]], u[i], side="right"), len(P) - 1)
+    return ids, H(pi), sum(pi[a] * H(P[a]) for a in range(len(P)))
+
+
+def prepare_toy(args):
+    out = os.path.join(args.out_dir, "toy")
+    if already_prepared(out, args.force):
+        return
+    chars, P = toy_chain()
+    ids, h_first, h_rate = markov_corpus(P, args.n, args.seed)
+    L = args.block_size
+    write_dataset(out, char_splits(ids, proportional(len(ids))), {
+        "name": "toy", "tokenizer": "chars", "chars": list(chars), "n_tokens": len(chars),
+        "source": f"prepare.py toy: the Markov chain of prepare.toy_chain, seed {args.seed}",
+        "split": f"first 90% / next 5% / last 5% of {len(ids):,} characters",
+        "entropy_bits_per_token": (h_first + (L - 1) * h_rate) / L, "entropy_block_size": L,
+        "entropy_first_bits": h_first, "entropy_rate_bits": h_rate})
+    print(f"entropy: {(h_first + (L - 1) * h_rate) / L:.4f} bits per token in windows of {L} "
+          f"({h_rate:.4f} bits per token in the long run)")
+
+
+# -----------------------------------------------------------------------------
 # GPT-2 BPE corpora: documents -> one packed stream with EOT after every document
 
 def tokenize_gpt2(docs, key="text", detokenizer=None, num_proc=1):
@@ -439,6 +494,11 @@ def main(argv=None):
     p.add_argument("--src", required=True, help="the text file")
     p.add_argument("--name", help="dataset name (default: the file's name without extension)")
     p.set_defaults(func=prepare_chars)
+    p = sub.add_parser("toy", parents=[common], help="an offline Markov-chain language with a known entropy")
+    p.add_argument("--n", type=int, default=2_000_000, help="characters in all")
+    p.add_argument("--block_size", type=int, default=64, help="the window the recorded entropy is for")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=prepare_toy)
     p = sub.add_parser("owt", parents=[common, procs], help="OpenWebText, GPT-2 BPE")
     p.set_defaults(func=prepare_owt)
     p = sub.add_parser("zeroshot", parents=[common, procs], help="zero-shot test sets, GPT-2 BPE")

@@ -30,24 +30,22 @@ error. Tau-leaping with more steps than tokens spends most calls on steps that r
     python sampling.py --ckpt louaaron/sedd-small --steps 1024 --batch_size 8 --gen_ppl gpt2-large
     python sampling.py --ckpt out/text8_hour --steps 256 --batch_size 32 --real_words data/text8
 
-Sample quality (Section 5.2): generative_perplexity scores samples with a judge LM (GPT-2 large
-by default, through the optional transformers package); unigram_entropy exposes samples that
-flatter it by repetition. For character-level models real_word_rate is the plainer reading: the
-share of sampled words that occur in the training text.
+The CLI also measures sample quality with evaluation.py's judges (--gen_ppl, --real_words).
 """
 import argparse
+import html
 import itertools
-import math
 import os
+import shutil
+import sys
 
-import numpy as np
 import torch
 
+from evaluation import dataset_words, generative_perplexity, real_word_rate, twin_perplexity, unigram_entropy
 from graph import Absorbing, get_graph
-from loss import ar_nll
 from model import SEDD, pick_device
 from noise import noise_from_config
-from prepare import fail, get_tokenizer, gpt2_encoding, load_meta
+from prepare import fail, get_tokenizer, load_meta
 
 
 def sample_categorical(probs, dtype=torch.float64):
@@ -208,14 +206,15 @@ def nucleus(probs, top_p):
 
 
 @torch.no_grad()
-def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device="cpu", stats=None):
+def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device="cpu", callback=None, stats=None):
     """Samples [B, L] of the autoregressive twin, left to right: each token drawn from the
     model's next-token law (temperature 1), or from its nucleus renormalised when top_p < 1.
 
     One network call per generated token, over the whole sequence so far (no key-value cache:
     the simple form). prompt: {position: token} for a prefix 0 .. k-1; an autoregressive model
     cannot condition on anything after the token it draws, which is what diffusion's infilling
-    adds. stats: filled with network_evals."""
+    adds. callback(step, x) after each token, x [B, L] with BOS where nothing is drawn yet.
+    stats: filled with network_evals."""
     B, L = shape
     bos = model.config.vocab_size - 1  # the twin's start token, the last id
     positions, tokens = prompt_tensors(prompt, bos, L, device)
@@ -226,6 +225,8 @@ def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device=
     for i in range(len(positions), L):
         probs = torch.softmax(model(x[:, : i + 1])[:, -1, :bos].to(dtype), dim=-1)
         x[:, i + 1] = sample_categorical(nucleus(probs, top_p) if top_p < 1 else probs, dtype)
+        if callback is not None:
+            callback(i + 1 - len(positions), x[:, 1:])
     if stats is not None:
         stats.update(network_evals=L - len(positions))
     return x[:, 1:]
@@ -254,116 +255,61 @@ def text_prompt(encode, length, prefix="", suffix="", spans=None):
     return prompt
 
 
-# -----------------------------------------------------------------------------
-# sample quality (paper Sec. 5.2): generative perplexity under a judge LM, unigram entropy
-
-@torch.no_grad()
-def generative_perplexity(texts, judge="gpt2-large", device="cpu", batch_size=8):
-    """Token-level perplexity of decoded samples under a judge causal LM (paper Sec. 5.2).
-
-    Convention: each text is retokenised with GPT-2's BPE (prepare.gpt2_encoding; the GPT-2
-    judges of every size share it, so no transformers tokenizer is downloaded) and the result is
-    exp(mean NLL over all predicted tokens of all texts). A text's first token has no context
-    and is not scored; a text longer than the judge's context is split into consecutive chunks
-    of that length, each scored on its own (so each chunk's first token is not scored either).
-    judge: a Hugging Face model id (downloaded by transformers) or a built causal LM, called as
-        judge(input_ids=..., attention_mask=...).logits, with config.n_positions (or
-        max_position_embeddings) as its context.
-    """
-    if isinstance(judge, str):
-        try:
-            from transformers import AutoModelForCausalLM
-        except ImportError:
-            raise ImportError("generative perplexity needs a judge model from the transformers package: "
-                              "pip install transformers") from None
-        judge = AutoModelForCausalLM.from_pretrained(judge)
-    judge = judge.to(device).eval()
-    context = getattr(judge.config, "n_positions", None) or judge.config.max_position_embeddings
-    enc = gpt2_encoding()
-    chunks = [ids[i:i + context] for text in texts
-              for ids in [enc.encode(text, allowed_special={"<|endoftext|>"})]
-              for i in range(0, len(ids), context)]
-    chunks = [c for c in chunks if len(c) > 1]  # a lone token predicts nothing
-    if not chunks:
-        raise ValueError("the texts have no token to score (each needs at least 2 GPT-2 tokens)")
-    nll, count = 0.0, 0
-    for i in range(0, len(chunks), batch_size):
-        batch = chunks[i:i + batch_size]
-        T = max(len(c) for c in batch)
-        ids = torch.tensor([c + [0] * (T - len(c)) for c in batch], device=device)  # right padding
-        mask = torch.tensor([[1] * len(c) + [0] * (T - len(c)) for c in batch], device=device)
-        logits = judge(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least float32
-        token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        scored = mask[:, 1:].bool()  # position j predicts token j + 1, if that one is real
-        nll += token_nll[scored].double().sum().item()
-        count += scored.sum().item()
-    return math.exp(nll / count)
-
-
-@torch.no_grad()
-def twin_perplexity(texts, judge_dir, device="cpu"):
-    """Perplexity per token of texts under a trained autoregressive twin (train.py --ar=True),
-    the laptop-scale stand-in for the paper's GPT-2 large judge: exp of the mean NLL per token
-    over all texts, every token scored (the first from BOS), each text tokenised with the
-    twin's own meta.json."""
-    judge = SEDD.from_pretrained(judge_dir).to(device)
-    if not judge.config.causal:
-        raise ValueError(f"{judge_dir} holds a diffusion model; a judge must be an autoregressive twin "
-                         f"(train.py --ar=True, e.g. config/text8_tiny_ar.py)")
-    encode, _ = get_tokenizer(load_meta(judge_dir))
-    nll, count = 0.0, 0
-    for text in texts:
-        ids = torch.tensor([encode(text)], device=device)
-        nll += ar_nll(judge, ids, judge.config.vocab_size - 1).item()
-        count += ids.shape[1]
-    return math.exp(nll / count)
-
-
-def unigram_entropy(token_ids):
-    """Entropy in nats of the empirical token distribution of a sample: -sum_v p_v log p_v with
-    p_v the frequency of token v in it. For a batch (a 2-D tensor or a list of lists) the mean
-    over samples of each one's entropy. Repetitive samples (low-temperature artefacts, which
-    also flatter generative perplexity) have a low entropy."""
-    rows = token_ids.tolist() if torch.is_tensor(token_ids) else list(token_ids)
-    if rows and not isinstance(rows[0], (list, tuple)) and not torch.is_tensor(rows[0]):
-        rows = [rows]
-    entropies = []
-    for row in rows:
-        _, counts = torch.unique(torch.as_tensor(row), return_counts=True)
-        p = counts.double() / counts.sum()
-        entropies.append(-(p * p.log()).sum().item())
-    return sum(entropies) / len(entropies)
-
-
-def dataset_words(data_dir, split="train"):
-    """The space-separated words of a split of a character-level dataset (prepare.py), in order:
-    the training split of the 74M-character text8 copy has 11.3M words, 201,810 distinct (10 s, 1.2 GB)."""
-    meta = load_meta(data_dir)
-    if meta["tokenizer"] != "chars":
-        raise ValueError(f"{data_dir} is tokenized with {meta['tokenizer']!r}; real words are counted "
-                         f"in character-level datasets (prepare.py text8 or chars)")
-    ids = np.fromfile(os.path.join(data_dir, split + ".bin"), dtype=meta["dtype"])
-    codepoints = np.array([ord(c) for c in meta["chars"]], dtype="<u4")  # decode all ids at once
-    return codepoints[ids].tobytes().decode("utf-32-le").split()
-
-
-def real_word_rate(texts, vocabulary):
-    """The fraction of the samples' words found in `vocabulary`, e.g. set(dataset_words(...)):
-    sample quality of a character-level model read directly, where a judge LM does not apply.
-    Each sample's first and last word are not counted, since the window may cut them. For scale,
-    98.7% of text8's validation words occur in its training text (README)."""
-    words = [w for text in texts for w in text.split()[1:-1]]
-    if not words:
-        raise ValueError("the samples have no word to check (a sample needs 3 words: its first and "
-                         "last are not counted)")
-    return sum(w in vocabulary for w in words) / len(words)
-
-
 def render(ids, decode, mask=None):
     """Text of a token list with every MASK shown as '_' (tokenizers know no MASK)."""
     return "".join("_" * len(list(run)) if is_mask else decode(list(run))
                    for is_mask, run in itertools.groupby(ids, key=lambda i: i == mask))
+
+
+class Watch:
+    """A sampler callback that shows the first sample forming. live (on a terminal): redrawn in
+    place at every step, MASK as '_' and the tokens this step changed (revealed, for the
+    absorbing graph) in bold green; otherwise one line at each of `lines` evenly spaced steps.
+    frames: a list that collects the first sample's tokens at every step (for svg_animation)."""
+
+    def __init__(self, decode, mask, total, lines=8, live=False, stream=None, frames=None):
+        self.decode, self.mask, self.total, self.live, self.frames = decode, mask, total, live, frames
+        self.stream = stream or sys.stdout
+        self.shown = {round(total * k / (lines + 1)) for k in range(1, lines + 1)}
+        self.prev, self.height = None, 0  # the last tokens drawn, and the terminal lines they took
+
+    def __call__(self, step, x):
+        ids, head = x[0].tolist(), f"step {step:>5}/{self.total}: "
+        if self.frames is not None:
+            self.frames.append(ids)
+        if not self.live:
+            if step in self.shown:
+                print(head + render(ids, self.decode, self.mask), file=self.stream)
+            return
+        prev = self.prev or [self.mask] * len(ids)
+        text = "".join("_" if i == self.mask else f"\033[1;32m{self.decode([i])}\033[0m" if i != p else self.decode([i])
+                       for i, p in zip(ids, prev))
+        if self.height:  # back to the first line of the last drawing, and clear from there
+            self.stream.write(f"\033[{self.height}F\033[J")
+        self.stream.write(head + text + "\n")
+        self.stream.flush()
+        width = len(head) + len(render(ids, self.decode, self.mask))
+        self.height, self.prev = -(-width // shutil.get_terminal_size().columns), ids
+
+
+def svg_animation(frames, decode, mask, columns=64, seconds=8.0, max_frames=64):
+    """An animated SVG of a sample forming, frame by frame (any browser plays it; no dependency):
+    MASK as a grey '_', `columns` tokens a line, the last frame held."""
+    stride = -(-len(frames) // max_frames)
+    frames = frames[::stride] + (frames[-1:] if (len(frames) - 1) % stride else [])  # ends on the sample
+    rows, dt = -(-len(frames[0]) // columns), seconds / len(frames)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{columns * 10 + 20}" height="{rows * 22 + 20}" '
+           'font-family="monospace" font-size="16"><rect width="100%" height="100%" fill="white"/>']
+    for k, ids in enumerate(frames):
+        show = f'begin="{k * dt:.3f}s" fill="freeze"' if k == len(frames) - 1 else f'begin="{k * dt:.3f}s" dur="{dt:.3f}s"'
+        out.append(f'<g visibility="hidden"><set attributeName="visibility" to="visible" {show}/>')
+        for r in range(rows):
+            runs = itertools.groupby(ids[r * columns:(r + 1) * columns], key=lambda i: i == mask)
+            text = "".join(f'<tspan fill="#bbb">{"_" * len(list(run))}</tspan>' if masked else html.escape(decode(list(run)))
+                           for masked, run in runs)
+            out.append(f'<text x="10" y="{28 + 22 * r}" xml:space="preserve">{text}</text>')
+        out.append("</g>")
+    return "\n".join(out + ["</svg>"])
 
 
 # -----------------------------------------------------------------------------
@@ -389,6 +335,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
     parser.add_argument("--show_steps", type=int, default=0, help="print the first sample at this many intermediate steps")
+    parser.add_argument("--animate", metavar="FILE.svg", help="also write an animated SVG of the first sample forming")
+    parser.add_argument("--watch", action="store_true",
+                        help="watch the first sample form: redrawn in place at every step on a terminal (tokens "
+                             "revealed in the step highlighted), else --show_steps lines (default 8)")
     parser.add_argument("--gen_ppl", nargs="?", const="gpt2-large", metavar="JUDGE",
                         help="also print the generative perplexity of the samples under a judge LM and their "
                              "unigram entropy: a trained autoregressive twin's directory (e.g. out/text8_tiny_ar), "
@@ -445,16 +395,16 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model.to(device)
     hitting = args.predictor == "first_hitting"
-    total = length - len(prompt) if hitting else args.steps  # updates: one per free token, or the steps
-    shown = {round(total * k / (args.show_steps + 1)) for k in range(1, args.show_steps + 1)}
-
-    def show(step, x):
-        if step in shown:
-            print(f"step {step:>5}/{total}: {render(x[0].tolist(), decode, graph.mask if absorb else None)}")
+    total = length - len(prompt) if hitting or ar else args.steps  # updates: one per free token, or the steps
+    mask = n_tokens if absorb or ar else None  # MASK, or the twin's BOS in positions not drawn yet
+    frames = [] if args.animate else None
+    show = Watch(decode, mask, total, args.show_steps or 8 * args.watch, live=args.watch and sys.stdout.isatty(),
+                 frames=frames)
 
     stats = {}
     if ar:
-        x = sample_ar(model, (args.batch_size, length), prompt, args.top_p, dtype=dtype, device=device, stats=stats)
+        x = sample_ar(model, (args.batch_size, length), prompt, args.top_p, dtype=dtype, device=device, callback=show,
+                      stats=stats)
         how = "left to right" + (f", nucleus top_p={args.top_p}" if args.top_p < 1 else ", temperature 1")
     else:
         try:
@@ -465,6 +415,11 @@ def main(argv=None):
         how = ("first hitting (exact; --steps does not apply)" if hitting else
                f"{args.steps} steps ({args.predictor})")
     texts = [decode(row) for row in x.tolist()]
+    if args.animate:
+        if frames[-1:] != [x[0].tolist()]:  # the final denoising step changes tokens after the last update
+            frames.append(x[0].tolist())
+        with open(args.animate, "w") as f:
+            f.write(svg_animation(frames, decode, mask))
     for i, text in enumerate(texts):
         print(f"---------- sample {i} ----------")
         print(text)

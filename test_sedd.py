@@ -1,59 +1,32 @@
-"""The proofs: exact checks of every formula on tiny vocabularies, then end-to-end smoke runs.
+"""The proofs: exact checks of every formula on tiny vocabularies, one section per file of the
+code in its reading order (noise, graph, loss, model, sampling, the autoregressive twin).
 
 Exact checks run in float64 against torch.linalg.matrix_exp and brute-force enumeration of
 all sequences (length <= 3, <= 6 tokens). Statistical checks compare Monte Carlo averages
 with their exact values at a few standard errors, with fixed seeds. Models are float32: tests
-that build one take the float32 fixture. CPU only, no network; every corpus is test-written.
+that build one take the float32 fixture (conftest.py). CPU only, no network. The pipeline
+(checkpoints, command lines, data, training) is tested end to end in test_pipeline.py.
 """
-import contextlib
-import csv
-import importlib.util
 import inspect
 import itertools
-import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import types
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._pytree import tree_leaves
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import model as M
-import bench
-import compare
-import prepare
 import sampling
-import train
 from graph import Absorbing, Uniform, get_graph
 from loss import ar_nll, elbo, loss_fn, prior_loss
 from model import SEDD, SEDDConfig
-from noise import GeometricNoise, LogLinearNoise, get_noise, noise_config, noise_from_config
-from prepare import char_splits, proportional
-from sampling import sample, sample_ar, sample_categorical, text_prompt
+from noise import GeometricNoise, LogLinearNoise, get_noise
+from sampling import sample, sample_ar, sample_categorical
 
 torch.set_default_dtype(torch.float64)
 GRAPHS = [Absorbing, Uniform]
 NOISES = [LogLinearNoise(), GeometricNoise()]
-HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def float32():
-    """The default dtype of models and training (this file's is float64), restored after the test."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
 
 
 def expm(graph, sigma):
@@ -345,6 +318,15 @@ def test_prior_kl_matches_enumeration():
     assert absorbing.prior_kl(sigma).item() == pytest.approx(kl(p, base), rel=1e-12)
 
 
+def test_loss_at_initialisation(float32):
+    """At init the absorbing model is the score of a uniform law on the N real tokens; the
+    expected loss is then exactly L (1 - eps) ln N for every t: model, loss and weighting agree."""
+    torch.manual_seed(0)
+    model = SEDD(SEDDConfig(vocab_size=28, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=64, dropout=0.0))
+    losses = loss_fn(model, Absorbing(27), LogLinearNoise(), torch.randint(27, (512, 64)))
+    assert abs(losses.mean().item() - 64 * (1 - 1e-3) * math.log(27)) < 4 * losses.std().item() / math.sqrt(512)
+
+
 # ---------------------------------------------------------------- model.py
 
 def tiny(**kw):
@@ -471,67 +453,6 @@ def test_rotary_logits_depend_only_on_relative_position(float32):
     assert torch.equal(M.Rotary(16).inv_freq, 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16))
 
 
-def official_config(c):
-    """config.json as the official release writes it (its whole hydra config)."""
-    return {"ngpus": 8, "tokens": c.vocab_size - 1, "graph": {"type": "absorb", "file": "data", "report_all": False},
-            "training": {"batch_size": 512, "accum": 1, "n_iters": 1300001, "ema": 0.9999},
-            "data": {"train": "openwebtext", "valid": "wikitext103", "cache_dir": "data"},
-            "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20}, "optim": {"lr": 3e-4, "warmup": 2500},
-            "model": {"name": "small", "type": "ddit", "hidden_size": c.n_embd, "cond_dim": c.cond_dim,
-                      "length": c.block_size, "n_blocks": c.n_layer, "n_heads": c.n_head,
-                      "scale_by_sigma": c.scale_by_sigma, "dropout": c.dropout}}
-
-
-@pytest.mark.parametrize("fmt", ["bin", "safetensors", "save_pretrained"])
-def test_checkpoint_round_trip(tmp_path, fmt, float32):
-    """The official layout (written here) and save_pretrained load back bit-for-bit, with the
-    checkpoint's noise schedule (a geometric one's sigma_min and sigma_max too)."""
-    path = tmp_path / "ckpt"
-    if fmt == "save_pretrained":  # a uniform model
-        c, noise = tiny(scale_by_sigma=False), GeometricNoise(sigma_min=1e-3, sigma_max=5.0)
-        m = randomized(c, seed=3)
-        m.save_pretrained(path, "uniform", noise_config(noise))
-        assert json.loads((path / "config.json").read_text())["tokens"] == c.vocab_size
-        kinds = ("uniform", {"type": "geometric", "sigma_min": 1e-3, "sigma_max": 5.0})
-    else:  # official log-linear configs carry sigma_min and sigma_max, which that schedule ignores
-        c, kinds = tiny(dropout=0.1), ("absorb", {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20})
-        m = randomized(c)
-        path.mkdir()
-        (path / "config.json").write_text(json.dumps(official_config(c)))
-        if fmt == "bin":
-            torch.save(m.state_dict(), path / "pytorch_model.bin")
-        else:
-            pytest.importorskip("safetensors.torch").save_file(m.state_dict(), str(path / "model.safetensors"))
-    m2 = SEDD.from_pretrained(str(path))
-    assert (m2.graph_name, m2.noise_config) == kinds and m2.config == c and not m2.training
-    noise = noise_from_config(m2.noise_config)
-    assert vars(noise) == ({"eps": 1e-3} if fmt != "save_pretrained" else {"sigma_min": 1e-3, "sigma_max": 5.0})
-    sa, sb = m.state_dict(), m2.state_dict()
-    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(m(*batch(c)), m2(*batch(c)))
-
-
-def test_from_pretrained_clear_errors(tmp_path, monkeypatch, float32):
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed; never online
-    with pytest.raises(ImportError, match="pip install huggingface_hub safetensors"):
-        SEDD.from_pretrained("louaaron/sedd-small")
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a hub id"):
-        SEDD.from_pretrained(str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        SEDD.from_pretrained(str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ValueError, match="not an SEDD config"):
-        SEDD.from_pretrained(str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps(official_config(tiny())))
-    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
-        SEDD.from_pretrained(str(tmp_path))
-    sd = SEDD(tiny()).state_dict()
-    del sd["blocks.1.attn_out.weight"]
-    torch.save(sd, tmp_path / "pytorch_model.bin")
-    with pytest.raises(RuntimeError, match="do not match"):
-        SEDD.from_pretrained(str(tmp_path))
-
-
 @pytest.mark.parametrize("scale_by_sigma", [True, False])
 def test_bf16_autocast_on_cpu(scale_by_sigma, float32):
     c = tiny(scale_by_sigma=scale_by_sigma)
@@ -550,6 +471,7 @@ def test_bf16_autocast_on_cpu(scale_by_sigma, float32):
 # by sqrt(K / n): E[TV] <= sqrt(K / n) / 2 and, by McDiarmid (TV has (1/n)-bounded differences),
 # P(TV > E[TV] + e) <= exp(-2 n e^2), so the bound fails with probability < exp(-K / 2) = 0.011
 # for K = 9 (far less: E[TV] is ~half its bound).
+
 
 CASES = [(Absorbing, LogLinearNoise()), (Uniform, GeometricNoise())]
 
@@ -751,159 +673,6 @@ def test_categorical_draws_race_on_float64_uniforms():
     assert torch.equal(drawn, (probs / -u.log()).argmax(-1))
 
 
-def test_text_prompt_and_cli(tmp_path, capsys, float32):
-    encode = lambda s: [ord(c) - ord("a") for c in s]
-    assert text_prompt(encode, 6, "ab", "c", spans={3: "d"}) == {0: 0, 1: 1, 5: 2, 3: 3}
-    with pytest.raises(ValueError, match="overlaps"):
-        text_prompt(encode, 6, "abc", spans={2: "x"})
-    chars = " abcdefghij"
-    # the zero-initialised network: the exact score of uniform text, so masks fill in gradually
-    SEDD(tiny(vocab_size=len(chars) + 1, block_size=16)).save_pretrained(tmp_path, "absorb", {"type": "loglinear"})
-    meta = dict(name="tiny", tokenizer="chars", chars=chars, n_tokens=len(chars))
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    argv = ["--ckpt", str(tmp_path), "--steps", "20", "--batch_size", "3", "--device", "cpu", "--seed", "1"]
-    texts = sampling.main(argv + ["--prefix", "abc", "--suffix", "j ij", "--show_steps", "3"])
-    out = capsys.readouterr().out
-    assert len(texts) == 3 and all(len(t) == 16 and t.startswith("abc") and t.endswith("j ij") for t in texts)
-    assert out.count("step ") == 3 and "_" in out and "21 network evaluations" in out
-    for bad, msg in [(["--prefix", "abcdefghij", "--suffix", "abcdefghij"], r"20 tokens \(prefix 10, suffix 10\) .* 16"),
-                     (["--prefix", "xyz"], "not in the vocabulary"), (["--length", "17"], "block_size 16")]:
-        with pytest.raises(SystemExit, match=msg):
-            sampling.main(argv + bad)
-    with pytest.raises(SystemExit, match="neither a checkpoint directory nor a hub id"):
-        sampling.main(["--ckpt", str(tmp_path / "missing")])
-
-
-# ---------------------------------------------------------------- sampling.py: sample quality
-
-TEXTS = ["the quick brown fox jumps over the lazy dog and then sleeps in the warm sun",
-         "a", "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
-         "to be or not to be"]
-
-
-class KnowsTheFuture(torch.nn.Module):
-    """A (cheating) judge whose probabilities we know: at chunk position j it gives the true next
-    token the logit j and every other token 0, so its NLL there is log(e^j + V - 1) - j. Its
-    logits are float64, so the result is exact (a float32 sum over 50k logits is not)."""
-    V = 50257
-
-    def __init__(self, context):
-        super().__init__()
-        self.config = types.SimpleNamespace(n_positions=context)
-
-    def forward(self, input_ids, attention_mask=None):
-        B, T = input_ids.shape
-        logits = torch.zeros(B, T, self.V, dtype=torch.float64)
-        nxt = input_ids.roll(-1, dims=1)  # the next token (the wrapped last one is never scored)
-        logits.scatter_(-1, nxt[..., None], torch.arange(T, dtype=torch.float64).expand(B, T)[..., None])
-        return types.SimpleNamespace(logits=logits)
-
-
-def test_generative_perplexity_matches_hand_computation(gpt2_bpe):
-    context = 5
-    lengths = [len(gpt2_bpe.encode(t)) for t in TEXTS]
-    assert max(lengths) > 2 * context and 1 in lengths  # chunking and a lone token are exercised
-    # chunks of `context` tokens; in each, positions 0 .. len - 2 are scored
-    nll = [math.log(math.exp(j) + KnowsTheFuture.V - 1) - j
-           for n in lengths for start in range(0, n, context) for j in range(min(context, n - start) - 1)]
-    expected = math.exp(sum(nll) / len(nll))
-    for batch_size in (1, 3, 64):  # padding must not change anything
-        ppl = sampling.generative_perplexity(TEXTS, KnowsTheFuture(context), batch_size=batch_size)
-        assert ppl == pytest.approx(expected, rel=1e-12)
-
-
-def test_generative_perplexity_errors(gpt2_bpe):
-    with pytest.raises(ValueError, match="no token to score"):
-        sampling.generative_perplexity(["a", ""], KnowsTheFuture(8))
-    with pytest.raises(ValueError, match="no token to score"):  # a context of 1 predicts nothing
-        sampling.generative_perplexity(TEXTS, KnowsTheFuture(1))
-
-
-def test_generative_perplexity_with_tiny_gpt2_judge(gpt2_bpe, float32):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=8))
-    ppl = sampling.generative_perplexity(TEXTS, judge, batch_size=2)
-    assert math.isfinite(ppl) and ppl > 1
-    # the same by hand: each chunk of at most 8 tokens alone through the judge
-    nll, count = 0.0, 0
-    for text in TEXTS:
-        ids = gpt2_bpe.encode(text)
-        for i in range(0, len(ids), 8):
-            chunk = torch.tensor(ids[i:i + 8])[None]
-            if chunk.shape[1] > 1:
-                with torch.no_grad():
-                    logits = judge(input_ids=chunk).logits[0, :-1]
-                nll += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
-                count += chunk.shape[1] - 1
-    assert ppl == pytest.approx(math.exp(nll / count), rel=1e-4)
-
-
-def test_generative_perplexity_names_the_missing_package(gpt2_bpe, monkeypatch):
-    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed; never online
-    with pytest.raises(ImportError, match="pip install transformers"):
-        sampling.generative_perplexity(TEXTS, "gpt2-large")
-
-
-def test_unigram_entropy():
-    assert sampling.unigram_entropy([3, 3, 3, 3]) == 0.0
-    assert sampling.unigram_entropy([0, 1, 0, 1]) == pytest.approx(math.log(2))
-    p = torch.tensor([0.5, 0.25, 0.25])
-    assert sampling.unigram_entropy([7, 7, 1, 2]) == pytest.approx(-(p * p.log()).sum().item())
-    # a batch: the mean of the per-sample entropies (0 and log 4), not the pooled entropy
-    assert sampling.unigram_entropy(torch.tensor([[5, 5, 5, 5], [0, 1, 2, 3]])) == pytest.approx(math.log(4) / 2)
-    assert sampling.unigram_entropy([[5, 5, 5, 5], [0, 1, 2, 3]]) == pytest.approx(math.log(4) / 2)
-
-
-def test_real_word_rate_and_cli(tmp_path, capsys, float32):
-    (tmp_path / "mat.txt").write_text("the cat sat on the mat " * 100)  # train: the first 90 copies
-    prepare.main(["chars", "--src", str(tmp_path / "mat.txt"), "--out_dir", str(tmp_path)])
-    words = sampling.dataset_words(str(tmp_path / "mat"))
-    assert words == "the cat sat on the mat".split() * 90
-    vocabulary = set(words)
-    # counted: the dog sat | (none) | cat mat on: 5 real of 6 (each sample's first and last are cut)
-    assert sampling.real_word_rate(["xx the dog sat yy", "a b", " cut cat mat on cut "], vocabulary) == 5 / 6
-    with pytest.raises(ValueError, match="no word to check"):
-        sampling.real_word_rate(["a b", "c"], vocabulary)
-    (tmp_path / "bpe").mkdir()
-    (tmp_path / "bpe" / "meta.json").write_text(json.dumps(dict(name="bpe", tokenizer="gpt2", n_tokens=50257)))
-    with pytest.raises(ValueError, match="character-level"):
-        sampling.dataset_words(str(tmp_path / "bpe"))
-
-    chars = " abcdefghijklmnopqrstuvwxyz"
-    SEDD(tiny(vocab_size=len(chars) + 1, block_size=24)).save_pretrained(tmp_path / "ckpt", "absorb", {"type": "loglinear"})
-    (tmp_path / "ckpt" / "meta.json").write_text(json.dumps(dict(name="az", tokenizer="chars", chars=chars,
-                                                                 n_tokens=len(chars))))
-    argv = ["--ckpt", str(tmp_path / "ckpt"), "--steps", "8", "--batch_size", "3", "--prefix", "the cat sat "]
-    texts = sampling.main(argv + ["--real_words", str(tmp_path / "mat")])
-    rate = sampling.real_word_rate(texts, vocabulary)
-    assert rate > 0 and f"real words {rate:.1%} " in capsys.readouterr().out
-    for bad, msg in [("missing", "prepare the dataset first"), ("bpe", "character-level")]:
-        with pytest.raises(SystemExit, match=msg):
-            sampling.main(argv + ["--real_words", str(tmp_path / bad)])
-
-
-def test_cli_gen_ppl(tmp_path, capsys, monkeypatch, gpt2_bpe, float32):
-    transformers = pytest.importorskip("transformers")
-    chars = " abcdefghij"
-    torch.manual_seed(0)
-    SEDD(SEDDConfig(vocab_size=len(chars) + 1, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=24,
-                    dropout=0.0)).save_pretrained(tmp_path, "absorb", {"type": "loglinear"})
-    (tmp_path / "meta.json").write_text(json.dumps(dict(name="tiny", tokenizer="chars", chars=chars, n_tokens=len(chars))))
-    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16))
-    asked = []
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda name: asked.append(name) or judge)
-    argv = ["--ckpt", str(tmp_path), "--steps", "8", "--batch_size", "3", "--device", "cpu"]
-    texts = sampling.main(argv + ["--gen_ppl"])
-    out = capsys.readouterr().out
-    assert asked == ["gpt2-large"]  # the default judge
-    assert sampling.generative_perplexity(texts, judge) == pytest.approx(
-        float(out.split("generative perplexity ")[1].split()[0]), rel=1e-2)
-    assert "first token is not scored" in out and "unigram entropy" in out
-    sampling.main(argv + ["--gen_ppl", "gpt2"])
-    assert asked[-1] == "gpt2"
-
-
 # ---------------------------------------------------------------- the autoregressive twin
 
 def twin(n_tokens=3, seed=0, **kw):
@@ -919,7 +688,7 @@ def twin_law(model, n_tokens, length):
         return xs, torch.exp(-ar_nll(model, xs, n_tokens).double())
 
 
-def test_twin_is_causal_and_its_likelihood_a_normalised_law(float32):
+def test_twin_is_causal_and_its_likelihood_a_normalised_law(tmp_path, float32):
     model = twin()
     x = torch.randint(3, (4, 8), generator=torch.Generator().manual_seed(0))
     changed = x.clone()
@@ -932,9 +701,8 @@ def test_twin_is_causal_and_its_likelihood_a_normalised_law(float32):
     assert not any(k.startswith("sigma_map") for k in model.state_dict())
     xs, p = twin_law(model, 3, 4)
     assert p.sum().item() == pytest.approx(1.0, abs=1e-5) and p.min() > 0  # first token included (from BOS)
-    path = Path(tempfile.mkdtemp())
-    model.save_pretrained(path)
-    loaded = SEDD.from_pretrained(str(path))
+    model.save_pretrained(tmp_path)
+    loaded = SEDD.from_pretrained(str(tmp_path))
     assert loaded.config == model.config and loaded.graph_name is None and loaded.noise_config is None
 
 
@@ -957,565 +725,3 @@ def test_twin_samples_follow_its_law_and_nucleus(float32):
     assert torch.equal(sampling.nucleus(probs, 0.7), torch.tensor([[0.0, 0.5, 0.0, 0.25]]))
     assert torch.equal(sampling.nucleus(probs, 0.5), torch.tensor([[0.0, 0.5, 0.0, 0.0]]))
     assert torch.equal(sampling.nucleus(probs, 1.0), probs)
-
-
-def test_twin_as_judge_and_cli(tmp_path, capsys, float32):
-    """A twin whose output ignores the context (blocks at their adaLN-zero start, output bias
-    log q) gives every character the law q: its perplexity is exp(-mean log q(c)) by hand."""
-    chars, q = " ab", torch.tensor([0.5, 0.3, 0.2])
-    model = SEDD(tiny(vocab_size=4, causal=True, scale_by_sigma=False, block_size=16))
-    with torch.no_grad():
-        model.output_layer.linear.bias[:3] = q.log()
-    model.save_pretrained(tmp_path / "judge")
-    (tmp_path / "judge" / "meta.json").write_text(json.dumps(dict(name="ab", tokenizer="chars", chars=chars, n_tokens=3)))
-    texts = ["ab a", "bb  ba"]
-    ids = [chars.index(c) for t in texts for c in t]
-    expected = math.exp(-sum(math.log(q[i]) for i in ids) / len(ids))
-    assert sampling.twin_perplexity(texts, str(tmp_path / "judge")) == pytest.approx(expected, rel=1e-5)
-    SEDD(tiny(vocab_size=4, block_size=16)).save_pretrained(tmp_path / "sedd", "absorb", {"type": "loglinear"})
-    (tmp_path / "sedd" / "meta.json").write_text((tmp_path / "judge" / "meta.json").read_text())
-    with pytest.raises(ValueError, match="judge must be an autoregressive twin"):
-        sampling.twin_perplexity(texts, str(tmp_path / "sedd"))
-    # the CLI: the twin samples (a prefix, nucleus); a diffusion model is judged by it
-    texts = sampling.main(["--ckpt", str(tmp_path / "judge"), "--batch_size", "3", "--prefix", "ab", "--top_p", "0.9"])
-    out = capsys.readouterr().out
-    assert len(texts) == 3 and all(len(t) == 16 and t.startswith("ab") for t in texts)
-    assert "left to right, nucleus top_p=0.9, 14 network evaluations" in out
-    with pytest.raises(SystemExit, match="continues a prefix"):
-        sampling.main(["--ckpt", str(tmp_path / "judge"), "--suffix", "ab"])
-    sampling.main(["--ckpt", str(tmp_path / "sedd"), "--steps", "8", "--gen_ppl", str(tmp_path / "judge")])
-    assert "per token of the twin" in capsys.readouterr().out
-
-
-def test_compare_end_to_end(tiny_data, tmp_path, float32):
-    """compare.py on three tiny runs (SEDD Absorb, SEDD Uniform, the twin) writes every table."""
-    for name, kw in (("absorb", {}), ("uniform", {"graph": "uniform"}), ("ar", {"ar": True})):
-        train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path / name),
-                     "max_iters": 2, "eval_interval": 2, **kw})
-    compare.main(["--absorb", str(tmp_path / "absorb"), "--uniform", str(tmp_path / "uniform"),
-                  "--ar", str(tmp_path / "ar"), "--data", os.path.join(tiny_data, "tiny"), "--out", str(tmp_path / "cmp"),
-                  "--eval_seqs", "8", "--eval_n_t", "2", "--samples", "3", "--steps", "2,4", "--span", "8", "--device", "cpu"])
-    results = (tmp_path / "cmp" / "results.md").read_text()
-    for row in ("| SEDD Absorb | <= ", "| SEDD Uniform | <= ", "| autoregressive twin | = ", "character 5-gram",
-                "| SEDD 4 steps | 5 |", "| twin, temperature 1 | 32 |", "| twin, nucleus 0.9 | 32 |", "| real val text |",
-                "| SEDD Absorb, 256 steps | prefix + suffix |", "| the removed text |"):
-        assert row in results
-    with pytest.raises(SystemExit, match="train it first"):
-        compare.main(["--absorb", str(tmp_path / "missing")])
-
-
-# ---------------------------------------------------------------- prepare.py
-
-def text8_like(n, seed):
-    return "".join(np.random.default_rng(seed).choice(list(" abcdefghijklmnopqrstuvwxyz"), size=n))
-
-
-def write_zip(path, text, member="text8"):
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(member, text)
-    return str(path)
-
-
-def read_splits(out, splits=("train", "val", "test")):
-    """meta.json, the splits' token arrays, and the text of all splits in order, decoded."""
-    meta = prepare.load_meta(out)
-    bins = {s: np.fromfile(os.path.join(out, s + ".bin"), dtype=meta["dtype"]) for s in splits}
-    return meta, bins, prepare.get_tokenizer(meta)[1](np.concatenate(list(bins.values())).tolist())
-
-
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-@pytest.fixture
-def gpt2_bpe(monkeypatch):
-    """A small byte-level BPE in GPT-2's layout (GPT-2's split pattern, a few merges,
-    <|endoftext|> = 50256), registered as tiktoken's r50k_base so that prepare.gpt2_encoding
-    returns it: the tests check what nanoSEDD does with an encoding, offline and without any file
-    outside the repository; GPT-2's real ranks are tiktoken's to test."""
-    import tiktoken
-    import tiktoken.registry
-    ranks = {bytes([b]): b for b in range(256)}
-    for piece in (b"th", b"the", b" t", b" the", b"er", b"in", b"ing"):
-        ranks[piece] = len(ranks)
-    enc = tiktoken.Encoding("gpt2-test", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                            special_tokens={"<|endoftext|>": 50256})
-    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "r50k_base", enc)
-    prepare.gpt2_encoding.cache_clear()
-    yield enc
-    prepare.gpt2_encoding.cache_clear()
-
-
-def test_text8_partial_corpus_refused_then_proportional_and_idempotent(tmp_path, capsys, monkeypatch):
-    text = text8_like(10_000, 0)
-    src, out = write_zip(tmp_path / "small.zip", text), tmp_path / "data"
-    with pytest.raises(SystemExit, match="--proportional") as e:
-        prepare.main(["text8", "--src", src, "--out_dir", str(out)])
-    assert "10,000 characters" in str(e.value) and "100,000,000" in str(e.value)
-    assert not (out / "text8" / "meta.json").exists()
-    prepare.main(["text8", "--src", src, "--out_dir", str(out), "--proportional"])
-    meta, _, decoded = read_splits(out / "text8")
-    assert meta["chars"] == list(" abcdefghijklmnopqrstuvwxyz") and meta["n_tokens"] == 27 and decoded == text
-    assert meta["counts"] == {"train": 9000, "val": 500, "test": 500} and meta["dtype"] == "uint16"
-    assert "proportional" in meta["split"] and "not the standard" in meta["split"]
-    assert prepare.get_tokenizer(meta)[0]("ab z") == [1, 2, 0, 26]
-    # a finished dataset is not rebuilt, even from another source, unless --force
-    train_bin = out / "text8" / "train.bin"
-    before = (train_bin.read_bytes(), train_bin.stat().st_mtime_ns)
-    src2 = write_zip(tmp_path / "other.zip", text8_like(10_000, 1))
-    prepare.main(["text8", "--src", src2, "--out_dir", str(out), "--proportional"])
-    assert "already prepared" in capsys.readouterr().out
-    assert (train_bin.read_bytes(), train_bin.stat().st_mtime_ns) == before
-    prepare.main(["text8", "--src", src2, "--out_dir", str(out), "--proportional", "--force"])
-    assert read_splits(out / "text8")[2] == text8_like(10_000, 1) and not list((out / "text8").glob("*.tmp"))
-    # the standard split of a full corpus (here 1,000 characters), unzipped corpora accepted too
-    monkeypatch.setattr(prepare, "TEXT8_SPLIT", (900, 50, 50))
-    (tmp_path / "text8.txt").write_text(text8_like(1000, 2))
-    prepare.main(["text8", "--src", str(tmp_path / "text8.txt"), "--out_dir", str(tmp_path / "full")])
-    meta = prepare.load_meta(tmp_path / "full" / "text8")
-    assert meta["counts"] == {"train": 900, "val": 50, "test": 50} and meta["split"].startswith("standard")
-
-
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"), (("abc", "enwik8"), "no member named 'text8'"),
-    (("hello World",), "other than a-z and space"), (b"PK\x03\x04 truncated", "not a valid zip")])
-def test_text8_bad_input(tmp_path, content, message):
-    src = tmp_path / "text8.zip"
-    if isinstance(content, bytes):
-        src.write_bytes(content)
-    elif content:
-        write_zip(src, *content)
-    with pytest.raises(SystemExit, match=message):
-        prepare.main(["text8", "--src", str(src), "--out_dir", str(tmp_path), "--proportional"])
-    assert not (tmp_path / "text8" / "meta.json").exists()
-
-
-def test_chars_round_trip_errors_and_large_vocabulary(tmp_path):
-    text = "Où est la gare ?\r\nÀ gauche, 200 m — merci !\n" * 30
-    (tmp_path / "french.txt").write_bytes(text.encode("utf-8"))
-    prepare.main(["chars", "--src", str(tmp_path / "french.txt"), "--out_dir", str(tmp_path)])
-    meta, bins, decoded = read_splits(tmp_path / "french")
-    assert meta["chars"] == sorted(set(text)) and meta["n_tokens"] == len(set(text)) and decoded == text
-    encode = prepare.get_tokenizer(meta)[0]
-    assert encode(text) == np.concatenate(list(bins.values())).tolist()
-    with pytest.raises(ValueError, match="'€'"):
-        encode("5 €")
-    (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(SystemExit, match="empty.txt is empty"):
-        prepare.main(["chars", "--src", str(tmp_path / "empty.txt"), "--out_dir", str(tmp_path)])
-    with pytest.raises(FileNotFoundError, match="python prepare.py chars"):
-        prepare.load_meta(tmp_path / "empty")
-    (tmp_path / "big.txt").write_text("".join(map(chr, range(0x10000, 0x10000 + 70_000))), encoding="utf-8")
-    prepare.main(["chars", "--src", str(tmp_path / "big.txt"), "--out_dir", str(tmp_path)])
-    meta, bins, _ = read_splits(tmp_path / "big")  # 70,000 distinct characters: uint32
-    assert meta["dtype"] == "uint32" and bins["test"].max() == 69_999
-
-
-def test_interrupted_rebuild_never_looks_finished(tmp_path):
-    src, out = tmp_path / "a.txt", tmp_path / "a"
-    src.write_text("hello world\n" * 100)
-    prepare.main(["chars", "--src", str(src), "--out_dir", str(tmp_path)])
-
-    def killed():  # a --force rebuild killed while writing
-        yield np.zeros(10, dtype=np.uint16)
-        raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        prepare.write_dataset(str(out), {"train": killed()}, prepare.load_meta(out))
-    assert not (out / "meta.json").exists() and (out / "train.bin.tmp").exists()
-    with pytest.raises(SystemExit, match="no meta.json"):  # old bins, no meta: not silently reused
-        prepare.main(["chars", "--src", str(src), "--out_dir", str(tmp_path)])
-    prepare.main(["chars", "--src", str(src), "--out_dir", str(tmp_path), "--force"])
-    assert read_splits(out)[2] == src.read_text()
-
-
-def test_owt_path_packs_documents_with_eot(tmp_path, gpt2_bpe):
-    docs = ["Hello world.", "A document mentioning <|endoftext|> as text.", "Ünïcode ☃\n\nend"]
-    prepare.write_gpt2_dataset(str(tmp_path / "owt"), {"train": [{"text": d} for d in docs], "val": docs[:1]},
-                               {"name": "owt-test", "source": "test", "split": "test"})
-    expected = [t for d in docs for t in gpt2_bpe.encode_ordinary(d) + [50256]]
-    meta, bins, _ = read_splits(tmp_path / "owt", ("train", "val"))
-    assert bins["train"].tolist() == expected and bins["train"][-1] == 50256 and (bins["train"] == 50256).sum() == 3
-    assert bins["val"].tolist() == expected[:expected.index(50256) + 1]  # the first document
-    assert meta["tokenizer"] == "gpt2" and meta["n_tokens"] == 50257 and meta["dtype"] == "uint16"
-    encode, decode = prepare.get_tokenizer(meta)
-    assert decode(bins["train"].tolist()) == "".join(d + "<|endoftext|>" for d in docs)
-    # the, space, th, ing (merges by rank: th before " t", in before ing), then the separator
-    assert encode("the thing<|endoftext|>") == [257, 32, 256, 262, 50256]
-
-
-def test_detokenizers():
-    wt = prepare.wikitext_detokenizer
-    assert wt(" = = Early life = = \n") == " == Early life ==\n"
-    assert (wt("The 2 @,@ 000 @-@ strong army , led by Smith 's son ( John ) , won 3 @.@ 5 % . \n")
-            == "The 2,000-strong army, led by Smith's son (John), won 3.5 %.\n")
-    assert (prepare.ptb_detokenizer("the firm 's stock fell N N to $ N and it does n't <unk> it")
-            == "the firm's stock fell 1 1 to $1 and it doesn't ? it")
-    assert (prepare.lm1b_detokenizer("Visit http : / / example.com , it costs $ 5 today .")
-            == "Visit http://example.com, it costs $5 today.")
-    assert prepare.lm1b_detokenizer('He said " fine " , then left') == 'He said "fine", then left'
-    assert prepare.lambada_detokenizer("\u201cHi,\u201d she said.  \n") == '\n"Hi," she said.'
-
-
-def test_zeroshot_path_writes_1024_token_rows(tmp_path, gpt2_bpe):
-    lines = ["", " = Valkyria Chronicles III = \n", "",
-             " The game 's battle system , the BliTZ system , is carried over directly from "
-             "Valkyria Chronicles . During missions , players select each unit using a top @-@ "
-             "down perspective of the battlefield map ( about 1 @,@ 000 units ) . \n"] * 40
-    detok, info = prepare.wikitext_detokenizer, {"name": "wt", "source": "test", "split": "test"}
-    meta = prepare.write_gpt2_dataset(str(tmp_path / "wt"), {"test": lines}, info, detokenizer=detok, block_size=1024)
-    stream = [t for l in lines for t in gpt2_bpe.encode_ordinary(detok(l)) + [50256]]
-    rows = np.fromfile(tmp_path / "wt" / "test.bin", dtype=np.uint16).reshape(-1, 1024)
-    assert len(rows) == len(stream) // 1024 >= 2 and len(stream) % 1024 > 0  # tail dropped
-    assert rows.ravel().tolist() == stream[:rows.size]
-    assert meta["block_size"] == 1024 and meta["counts"] == {"test": rows.size}
-    with pytest.raises(SystemExit, match="fewer than 1024 tokens"):
-        prepare.write_gpt2_dataset(str(tmp_path / "tiny"), {"test": lines[:4]}, info, block_size=1024)
-
-
-def test_zeroshot_sets_read_their_split(tmp_path, monkeypatch, gpt2_bpe):
-    """WikiText-2's test split is WikiText-103's text, so wikitext2 reads its train split."""
-    asked = []
-    fake = types.ModuleType("datasets")  # the Hugging Face package, offline: each set one repeated row
-    fake.Dataset = type("Dataset", (), {})
-    fake.load_dataset = lambda repo, config, revision=None, split=None: (
-        asked.append((config, split)) or [{"text": f" the {config} {split} text \n"}] * 400)
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    for name in ("wikitext2", "wikitext2_test", "wikitext103"):
-        prepare.main(["zeroshot", "--set", name, "--out_dir", str(tmp_path)])
-    assert asked == [("wikitext-2-raw-v1", "train"), ("wikitext-2-raw-v1", "test"), ("wikitext-103-raw-v1", "test")]
-    text = lambda name: read_splits(tmp_path / name, ("test",))[2]
-    assert text("wikitext2").startswith(" the wikitext-2-raw-v1 train text\n<|endoftext|>")
-    assert "train split" in prepare.load_meta(tmp_path / "wikitext2")["source"] and text("wikitext103") != text("wikitext2")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")
-@pytest.mark.parametrize("argv", [["owt"], ["zeroshot", "--set", "ptb"]])
-def test_hub_commands_say_how_to_install_datasets(tmp_path, argv):
-    with pytest.raises(SystemExit, match="pip install datasets"):
-        prepare.main(argv + ["--out_dir", str(tmp_path)])
-
-
-# ---------------------------------------------------------------- train.py
-
-TINY_RUN = dict(dataset="tiny", block_size=32, batch_size=4, n_layer=2, n_head=2, n_embd=32, cond_dim=16,
-                dropout=0.0, warmup_iters=2, learning_rate=1e-3, eval_batches=1, eval_n_t=2, sample_steps=4,
-                dtype="float32", compile=False, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    prepare.main(["chars", "--src", str(root / "corpus.txt"), "--name", "tiny", "--out_dir", str(root)])
-    return str(root)
-
-
-def params(out_dir):
-    ckpt = torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=False)
-    return torch.cat([p.flatten() for p in ckpt["model"].values()]), ckpt
-
-
-def test_config_errors(tmp_path):
-    with pytest.raises(SystemExit, match="unknown config key 'n_layers'.*'n_layer'"):
-        train.load_config(["--n_layers=2"])
-    with pytest.raises(SystemExit, match="n_layer in --n_layer=two must be int"):
-        train.load_config(["--n_layer=two"])
-    (tmp_path / "bad.py").write_text("learning_rat = 1e-3\n")
-    with pytest.raises(SystemExit, match="unknown config key 'learning_rat'"):
-        train.load_config([str(tmp_path / "bad.py")])
-    assert train.load_config([str(HERE / "config" / "text8_tiny.py"), "--n_layer=3"])["n_layer"] == 3
-
-
-def test_loss_at_initialisation(float32):
-    """At init the absorbing model is the score of a uniform law on the N real tokens; the
-    expected loss is then exactly L (1 - eps) ln N for every t: model, loss and weighting agree."""
-    torch.manual_seed(0)
-    model = SEDD(SEDDConfig(vocab_size=28, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=64, dropout=0.0))
-    losses = loss_fn(model, Absorbing(27), LogLinearNoise(), torch.randint(27, (512, 64)))
-    assert abs(losses.mean().item() - 64 * (1 - 1e-3) * math.log(27)) < 4 * losses.std().item() / math.sqrt(512)
-
-
-def log_rows(out_dir):
-    """log.csv without its timing columns (tokens/s, MFU)."""
-    with open(os.path.join(out_dir, "log.csv")) as f:
-        return [(r["iter"], r["train_bits_per_token"], r["lr"], r["val_bits_per_token"]) for r in csv.DictReader(f)]
-
-
-def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float32):
-    """A run stopped at an evaluation and resumed is the straight run, bit for bit: weights, EMA,
-    AdamW state, the exported model, and log.csv (the resumed run does not evaluate again).
-    Dropout is on, so its generator must be restored too. --eval_only then reproduces the last
-    evaluation from the checkpoint's EMA weights."""
-    def run(out_dir, **kw):
-        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir), "max_iters": 6,
-               "eval_interval": 3, "log_interval": 3, "dropout": 0.2, **kw}
-        train.train(cfg)
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    run(straight)
-    last_eval = capsys.readouterr().out.split("iter 6: val ELBO ")[1].split(" bits")[0]
-    run(stopped, max_iters=3)
-    run(stopped, init_from="resume")
-    a, b = (torch.load(d / "ckpt.pt", weights_only=False) for d in (straight, stopped))
-    assert a["iter_num"] == b["iter_num"] == 6
-    for key in ("model", "ema"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
-    assert not torch.equal(a["model"]["blocks.0.attn_qkv.weight"], a["ema"]["blocks.0.attn_qkv.weight"])
-    moments = lambda ckpt: [v for s in ckpt["optimizer"]["state"].values() for v in s.values()]
-    assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b)))
-    exported = [torch.load(d / "pytorch_model.bin") for d in (straight, stopped)]
-    assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
-    rows = log_rows(straight)
-    assert rows == log_rows(stopped) and [r[0] for r in rows if r[3]] == ["0", "3", "6"]
-    assert all((straight / f).exists() for f in ("config.json", "pytorch_model.bin", "meta.json", "log.csv"))
-    assert SEDD.from_pretrained(str(straight)).graph_name == "absorb"  # the exported EMA weights load
-    capsys.readouterr()
-    run(straight, init_from="resume", eval_only=True)
-    assert capsys.readouterr().out.strip().startswith(f"val ELBO {last_eval} bits per character")
-
-
-def test_finetune_from_pretrained(tiny_data, tmp_path, monkeypatch, float32):
-    """--init_from=pretrained:DIR trains in train mode with the configured dropout (from_pretrained
-    returns an eval-mode model with the checkpoint's rate), with the checkpoint's shape and noise
-    schedule (a geometric one's sigma_min and sigma_max), and exports that schedule again."""
-    torch.manual_seed(0)
-    pre = tmp_path / "pre"
-    schedule = {"type": "geometric", "sigma_min": 1e-3, "sigma_max": 7.0}
-    SEDD(SEDDConfig(vocab_size=29, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=32,
-                    dropout=0.0)).save_pretrained(pre, "absorb", schedule)
-    seen, real_loss_fn = [], train.loss_fn
-
-    def spy(model, graph, noise, x0, **kw):
-        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-        seen.append((model.training, rates, noise_config(noise)))
-        return real_loss_fn(model, graph, noise, x0, **kw)
-    monkeypatch.setattr(train, "loss_fn", spy)
-    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path / "ft"),
-           "init_from": f"pretrained:{pre}", "dropout": 0.3, "max_iters": 2, "eval_interval": 2}
-    train.train(cfg)
-    assert seen == [(True, {0.3}, schedule)] * 2
-    tuned = SEDD.from_pretrained(str(tmp_path / "ft"))
-    assert tuned.config.n_layer == 1 and tuned.config.dropout == 0.3 and tuned.noise_config == schedule
-
-
-class NoFloat64(TorchDispatchMode):
-    """A device without float64, as Apple's MPS: every operation that makes a float64 tensor fails."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tree_leaves(out)):
-            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
-        return out
-
-
-def test_device_without_float64_trains_evaluates_and_samples(tiny_data, tmp_path, capsys, float32):
-    with NoFloat64():
-        with pytest.raises(TypeError):
-            torch.zeros(1, dtype=torch.float64)  # the simulation works
-        assert sampling.draw_dtype("cpu") is torch.float32
-        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path),
-               "max_iters": 2, "eval_interval": 2}
-        train.train(cfg)
-        out = capsys.readouterr().out
-        assert out.count("has no float64") == 1 and out.count("val ELBO") == 2 and out.count("sample:") == 2
-        sampling.main(["--ckpt", str(tmp_path), "--steps", "4", "--batch_size", "2", "--device", "cpu"])
-        assert "dtype float32" in capsys.readouterr().out
-
-
-def test_throughput_counts_only_timed_iterations(tiny_data, tmp_path, monkeypatch, float32):
-    """tokens/s = tokens of the iterations since the last log or evaluation / their time: with a
-    clock that advances 1 s per training step and stands still otherwise, every row reads the
-    tokens of one iteration, also when eval_interval is not a multiple of log_interval."""
-    clock, real_step = [0.0], train.Trainer.step
-
-    def step(self):
-        clock[0] += 1.0
-        return real_step(self)
-    monkeypatch.setattr(train.Trainer, "step", step)
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(train, "peak_flops", lambda device, dtype: 1e12)
-    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path), "max_iters": 8,
-           "eval_interval": 3, "log_interval": 2}
-    train.train(cfg)
-    with open(tmp_path / "log.csv") as f:
-        speeds = [r["tokens_per_s"] for r in csv.DictReader(f) if r["tokens_per_s"]]
-    assert speeds == [str(4 * 32)] * 4
-
-
-def test_learning_rate_schedule():
-    cfg = dict(learning_rate=1.0, warmup_iters=4, decay_lr=False, min_lr=0.1, max_iters=14)
-    assert [train.lr_at(cfg, i) for i in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
-    cfg["decay_lr"] = True  # cosine from 1 at the end of warmup to min_lr at max_iters
-    assert [train.lr_at(cfg, i) for i in (4, 9, 14, 20)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
-
-
-def test_trainer_step_ema_warmup_and_stratified_t(tiny_data, float32):
-    """The EMA after n updates follows ema <- d ema + (1 - d) w with d = min(decay, (1+n)/(10+n));
-    the t of a global batch of n sequences has one value in each of the n strata, shuffled."""
-    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "gradient_accumulation_steps": 2}
-    torch.manual_seed(0)
-    graph, noise, data = get_graph("absorb", 28), LogLinearNoise(), train.Data(cfg, "train")
-    model = train.build_model(cfg, graph.dim)
-    run = train.Trainer(cfg, model, graph, noise, data, torch.device("cpu"))
-    expected = [p.detach().clone() for p in model.parameters()]
-    for n in range(1, 4):
-        run.step()
-        d = min(cfg["ema_decay"], (1 + n) / (10 + n))
-        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
-    assert all(torch.allclose(e, p, rtol=1e-5, atol=1e-7) for e, p in zip(expected, run.ema_model.parameters()))
-
-    generator, orders = torch.Generator().manual_seed(0), set()
-    for _ in range(20):
-        _, t, _ = train.draw_step(cfg, data, graph, noise, generator)
-        strata = ((t - cfg["sampling_eps"]) / (1 - cfg["sampling_eps"]) * 8).floor().long()
-        assert sorted(strata.tolist()) == list(range(8))
-        orders.add(tuple(strata.tolist()))
-    assert len(orders) > 10  # shuffled differently each time
-
-
-def test_random_windows_reach_the_last_token(tmp_path):
-    meta = {"name": "count", "tokenizer": "chars", "chars": list("abcdefgh"), "n_tokens": 8, "split": "test"}
-    prepare.write_dataset(str(tmp_path / "count"), {"train": [np.arange(6)], "val": [np.arange(4)],
-                                                    "test": [np.arange(3)]}, meta)
-    cfg = {**train.load_config([]), "data_dir": str(tmp_path), "dataset": "count", "block_size": 4}
-    windows = train.Data(cfg, "train").random_batch(200, torch.Generator().manual_seed(0))
-    assert set(windows[:, 0].tolist()) == {0, 1, 2} and (windows.diff(dim=1) == 1).all()
-    assert train.Data(cfg, "val").random_batch(3, torch.Generator()).tolist() == [[0, 1, 2, 3]] * 3
-    with pytest.raises(SystemExit, match="fewer than block_size = 4"):
-        train.Data(cfg, "test")
-
-
-def markov_dataset(root, length, n=100_000, seed=0):
-    """A first-order Markov chain on 3 characters, started in its stationary law: a window of
-    `length` tokens has entropy H(pi) + (length - 1) H(rate) bits exactly. Returns that per token,
-    and the entropy per token of i.i.d. tokens with the same marginal (what a model ignoring
-    context reaches)."""
-    P = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.45, 0.45, 0.1]])
-    w, v = np.linalg.eig(P.T)
-    pi = np.real(v[:, np.argmin(abs(w - 1))])
-    pi /= pi.sum()
-    H = lambda p: -(p * np.log2(p)).sum()
-    rng, cum = np.random.default_rng(seed), P.cumsum(1)
-    x, u = np.zeros(n, dtype=np.int64), rng.random(n)
-    x[0] = np.searchsorted(pi.cumsum(), u[0])
-    for i in range(1, n):
-        x[i] = np.searchsorted(cum[x[i - 1]], u[i])
-    meta = {"name": "markov", "tokenizer": "chars", "chars": list("abc"), "n_tokens": 3, "split": "90/5/5"}
-    prepare.write_dataset(str(root / "markov"), char_splits(x, proportional(n)), meta)
-    rate = sum(pi[i] * H(P[i]) for i in range(3))
-    return (H(pi) + (length - 1) * rate) / length, H(pi)
-
-
-@pytest.mark.parametrize("graph", ["absorb", "uniform", "ar"])
-def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32):
-    """300 steps on a Markov source drive the val ELBO (an upper bound on the model's NLL, and so
-    on the source's entropy), or the twin's exact NLL, to within 0.1 bits per token of the exact
-    entropy, far below what ignoring the context gives: the loss weighting, the bound and the
-    optimiser step agree."""
-    entropy, iid = markov_dataset(tmp_path, 16)
-    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": str(tmp_path), "dataset": "markov", "block_size": 16,
-           "batch_size": 32, "graph": "absorb" if graph == "ar" else graph, "ar": graph == "ar",
-           "learning_rate": 3e-3, "warmup_iters": 20, "ema_decay": 0.99, "max_iters": 300, "eval_interval": 300,
-           "log_interval": 100, "eval_batches": 16, "eval_n_t": 16, "out_dir": str(tmp_path / "out")}
-    train.train(cfg)
-    model = SEDD.from_pretrained(str(tmp_path / "out"))
-    diffusion = None if graph == "ar" else get_graph(graph, 3)
-    result = train.evaluate(model, diffusion, LogLinearNoise(), train.Data(cfg, "val"), cfg,
-                            torch.device("cpu"), contextlib.nullcontext())
-    assert iid - entropy > 0.3 and entropy - 3 * result["bits_se"] < result["bits"] < entropy + 0.1
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--graph=absorbing"], r"--graph=absorbing is not one of \['absorb', 'uniform'\]"),
-    (["--noise=cosine"], "--noise=cosine is not one of"),
-    (["--dtype=float16"], "loss scaling"),
-    (["--n_head=5"], "must divide --n_embd=768"),
-    (["--n_embd=96", "--n_head=32"], "heads of even size"),
-    (["--batch_size=0"], "--batch_size must be at least 1"),
-    (["--init_from=checkpoint"], "init_from must be"),
-    (["--device=tpu"], "unknown device 'tpu'"),
-    pytest.param(["--device=cuda"], "no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here")),
-    (["--dataset=text8"], r"prepare the dataset first with `python prepare.py text8`"),
-    (["--init_from=resume"], "ckpt.pt does not exist"),
-])
-def test_train_mistakes_end_in_one_line(args, message, tmp_path, tiny_data):
-    data = tiny_data if "--init_from=resume" in args else str(tmp_path)
-    with pytest.raises(SystemExit, match=message) as e:
-        train.train(train.load_config([f"--data_dir={data}", "--dataset=tiny", f"--out_dir={tmp_path}", *args]))
-    assert isinstance(e.value.code, str) and e.value.code.count("\n") < 3  # printed, exit status 1
-
-
-def test_command_line_help_warnings_and_errors(tmp_path, tiny_data, capsys, float32):
-    """--help lists every setting with its default and comment; mistakes end in one line on stderr
-    with exit status 1 and no traceback (checked on real processes once), in every tool."""
-    run = lambda *args: subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
-    done = run("train.py", "--help")
-    assert done.returncode == 0 and all(f"--{key}=" in done.stdout for key in train.DEFAULTS)
-    assert "--sampling_eps=0.001" in done.stdout and "t ~ U[sampling_eps, 1]" in done.stdout
-    done = run("train.py", "config/text8_tiny.py", f"--data_dir={tmp_path}")
-    assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert "prepare.py text8" in done.stderr
-    train.load_config(["--max_iters=10", "--warmup_iters=100"])
-    assert "warning: max_iters=10 < warmup_iters=100" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        bench.main(["--help"])
-    assert e.value.code == 0 and "--rounds=5" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="prepare the dataset first"):
-        bench.main([f"--data_dir={tmp_path}"])
-    SEDD(tiny(vocab_size=29, block_size=16)).save_pretrained(tmp_path / "ckpt", "absorb", {"type": "loglinear"})
-    shutil.copy(os.path.join(tiny_data, "tiny", "meta.json"), tmp_path / "ckpt")
-    for bad, msg in [(["--steps", "0"], "--steps must be at least 1"), (["--batch_size", "0"], "--batch_size must be"),
-                     (["--device", "tpu"], "unknown device 'tpu'")]:
-        with pytest.raises(SystemExit, match=msg):
-            sampling.main(["--ckpt", str(tmp_path / "ckpt"), *bad])
-
-
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    path = str(tmp_path / "ckpt.pt")
-    train.save_atomic({"step": 1}, path)
-    real_save = torch.save
-
-    def crash(obj, f):  # half-written, then the process dies
-        real_save(obj, f)
-        with open(f, "r+b") as handle:
-            handle.truncate(10)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train.save_atomic({"step": 2}, path)
-    assert torch.load(path)["step"] == 1
-
-
-def test_torchrun_matches_single_process(tiny_data, tmp_path):
-    """2 gloo processes with one micro-batch each = 1 process accumulating both micro-batches."""
-    cfg = {**TINY_RUN, "data_dir": tiny_data, "max_iters": 4, "eval_interval": 100, "log_interval": 2,
-           "gradient_accumulation_steps": 2}
-    args = [f"--{k}={v}" for k, v in cfg.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = lambda *cmd: subprocess.run(cmd, cwd=HERE, env=env, check=True, capture_output=True, timeout=300)
-    run(sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'one'}")
-    run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-        *args, f"--out_dir={tmp_path / 'two'}")
-    a, b = params(tmp_path / "one")[0], params(tmp_path / "two")[0]
-    assert (a - b).norm() / a.norm() < 1e-6
-
-
-def test_evaluator_is_loss_fn_plus_prior(tiny_data, float32):
-    """train.evaluate = mean over sequences of loss_fn at elbo's stratified t (same RNG draws)
-    plus the prior KL, in bits per token, with the standard error across sequences."""
-    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "eval_batches": 3, "eval_n_t": 4}
-    torch.manual_seed(0)
-    model = SEDD(SEDDConfig(vocab_size=29, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=32, dropout=0.0))
-    with torch.no_grad():
-        model.output_layer.linear.weight.normal_()  # a non-trivial score
-    graph, noise, data = get_graph("absorb", 28), LogLinearNoise(), train.Data(cfg, "val")
-    result = train.evaluate(model, graph, noise, data, cfg, torch.device("cpu"), contextlib.nullcontext())
-    torch.manual_seed(cfg["seed"])
-    nats = []
-    for x0 in data.eval_batches(3 * 4, 4):
-        total = torch.zeros(len(x0), dtype=torch.float64)
-        for k in range(4):
-            total += loss_fn(model, graph, noise, x0, t=(k + 1 - torch.rand(len(x0))) / 4).double()
-        nats.append(total / 4 + 32 * graph.prior_kl(noise(torch.tensor(1.0, dtype=torch.float64))[0]).item())
-    nats = torch.cat(nats)
-    # float32 network outputs, averaged in float32 (elbo) vs float64 here: agreement to ~1e-7
-    assert result["n"] == 12 and result["bits"] == pytest.approx(nats.mean().item() / (32 * math.log(2)), rel=1e-6)
-    assert result["bits_se"] == pytest.approx(nats.std().item() / math.sqrt(12) / (32 * math.log(2)), rel=1e-5)

@@ -10,6 +10,9 @@ the noised x_t = sample_transition(x0, sigma_bar(t)), then minimises the DWDSE (
 Theorem 3.6) averaged over the batch. Settings follow the paper and its official release:
 AdamW (0.9, 0.999), no weight decay, lr 3e-4 with linear warmup then constant, gradient
 clipping at 1, an EMA of the weights (used for evaluation, samples and the exported model).
+With ar=True the same loop trains the autoregressive twin: the same network, causal and without
+noise, on the exact next-token likelihood (loss.ar_nll); the few lines where the two differ
+are what diffusion changes.
 
 Reproducibility: all randomness of the data (windows, t, x_t) comes from one CPU generator,
 identical on every rank; each rank keeps its slice of the global batch. So N processes and one
@@ -19,18 +22,19 @@ rank's own generators (CPU, and CUDA or MPS: dropout), so a resumed run with the
 of processes continues exactly where the device's kernels are deterministic (on the CPU with
 the same thread count: bit for bit); with another number of processes, dropout restarts.
 The output directory holds ckpt.pt (for resume), config.json + pytorch_model.bin with the EMA
-weights (SEDD.from_pretrained / sampling.py --ckpt read it), meta.json (the tokenizer) and
-log.csv (the loss curve, with the run's wall time: training and evaluation, across resumes).
+weights (SEDD.from_pretrained / sampling.py --ckpt read it), meta.json (the tokenizer),
+log.csv (the loss curve, with the run's wall time: training and evaluation, across resumes) and,
+with matplotlib, loss.png.
 """
 import ast
 import copy
 import csv
 import difflib
+import importlib.util
 import math
 import os
 import re
 import shutil
-import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -40,8 +44,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from evaluation import evaluate, fork_rng, report, source_entropy
 from graph import GRAPHS, get_graph
-from loss import ar_nll, bits_per_token, elbo, loss_fn, perplexity, prior_loss
+from loss import ar_nll, bits_per_token, loss_fn
 from model import SEDD, SEDDConfig, pick_device
 from noise import NOISES, noise_config, noise_from_config
 from prepare import fail, get_tokenizer, load_meta
@@ -314,7 +319,8 @@ class Trainer:
         self.iter_num = self.n_updates = self.n_skipped = 0
 
     def step(self):
-        """One optimiser step; returns (this rank's mean DWDSE of the batch, a tensor; the lr)."""
+        """One optimiser step; returns (this rank's mean loss of the batch, a tensor: the DWDSE, or
+        the twin's NLL, in nats per sequence; the lr)."""
         cfg = self.cfg
         lr = lr_at(cfg, self.iter_num)
         for group in self.optimizer.param_groups:
@@ -360,14 +366,6 @@ class Trainer:
         self.generator.set_state(state["data_rng"])
 
 
-def fork_rng(device):
-    """The process's generators (CPU and the device's) restored after the block: evaluations and
-    samples draw from their own seeds without moving the training's dropout stream."""
-    if device.type == "cpu":
-        return torch.random.fork_rng(devices=[])
-    return torch.random.fork_rng(devices=[device], device_type=device.type)
-
-
 def rng_state(device):
     """This process's own generators: the CPU's, and the device's (dropout on CUDA or MPS)."""
     state = {"cpu": torch.get_rng_state()}
@@ -395,40 +393,28 @@ def gather(obj, ddp, world):
     return objs
 
 
-@torch.no_grad()
-def evaluate(model, graph, noise, data, cfg, device, ctx):
-    """ELBO (Thm 3.6) of fixed evaluation windows: mean and standard error across sequences.
-    For the autoregressive twin (graph None) the exact NLL instead, with no prior term.
-
-    The standard error is std / sqrt(n) over the per-sequence estimates, so it covers both the
-    data and the Monte Carlo noise of t and x_t; the latter grows like log(1 / t_min) near
-    t = 0, which the stratified t of elbo() keeps in check. Mean and std are taken in Python
-    floats, so a device without float64 (Apple's MPS) needs none."""
-    with fork_rng(device):
-        torch.manual_seed(cfg["seed"])
-        nats = []
-        for x in data.eval_batches(cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"]):
-            with ctx:
-                x = x.to(device)
-                nats += (ar_nll(model, x, model.config.vocab_size - 1) if graph is None else
-                         elbo(model, graph, noise, x, n_t=cfg["eval_n_t"])).tolist()
-    L = cfg["block_size"]
-    mean = statistics.fmean(nats)
-    se = statistics.stdev(nats) / math.sqrt(len(nats)) if len(nats) > 1 else float("nan")
-    return dict(nats=mean, se=se, bits=bits_per_token(mean, L), bits_se=bits_per_token(se, L),
-                ppl=perplexity(mean, L), prior=None if graph is None else prior_loss(graph, noise, L), n=len(nats))
-
-
-def report(result, meta, split):
-    """One line: the ELBO (an upper bound: "<=") of a diffusion model, the exact NLL of the twin."""
-    bound, exact = result["prior"] is not None, result["prior"] is None
-    what = "ELBO" if bound else "NLL (exact)"
-    extra = f"prior term {result['prior']:.4f} nats/seq, " if bound else ""
-    if meta["tokenizer"] == "gpt2":
-        return (f"{split} {what} {result['nats']:.2f} +- {result['se']:.2f} nats/seq, perplexity "
-                f"{'=' if exact else '<='} {result['ppl']:.2f} ({extra}{result['n']} seqs)")
-    return (f"{split} {what} {result['bits']:.4f} +- {result['bits_se']:.4f} bits per character "
-            f"({extra}{result['n']} seqs)")
+def plot_losses(out_dir, tokens_per_iter, meta, length):
+    """out_dir/loss.png from log.csv: the training loss and the validation bound (the twin: its
+    exact NLL) in bits per token against tokens seen, with the source's entropy when it is known
+    (prepare.py toy). Needs matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+    with open(os.path.join(out_dir, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("train_bits_per_token", "training loss"), ("val_bits_per_token", "validation")):
+        points = [(int(r["iter"]) * tokens_per_iter, float(r[key])) for r in rows if r[key]]
+        if points:
+            ax.plot(*zip(*points), marker="." if key.startswith("val") else None, label=label)
+    if source_entropy(meta, length) is not None:
+        ax.axhline(source_entropy(meta, length), color="gray", linestyle="--", label="the source's entropy")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("bits per token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
+    plt.close(fig)
 
 
 def save_atomic(obj, path):
@@ -544,6 +530,9 @@ def train(cfg):
             writer.writerow(["iter", "train_bits_per_token", "lr", "tokens_per_s", "mfu", "val_bits_per_token", "val_se",
                              "elapsed_s"])
     _, decode = get_tokenizer(meta)
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    if not can_plot and master:
+        print("note: pip install matplotlib to get loss.png, the loss curves, in out_dir at each evaluation")
     resumed_at = run.iter_num if ckpt is not None else None  # that evaluation and checkpoint are done
     t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
     start = t_last - (ckpt["elapsed"] if ckpt is not None else 0.0)  # the run's wall time goes on
@@ -570,6 +559,8 @@ def train(cfg):
                                  rng=rngs, elapsed=elapsed),
                             os.path.join(cfg["out_dir"], "ckpt.pt"))
                 export(run.ema_model, cfg, noise, eval_data.dir)
+                if can_plot:
+                    plot_losses(cfg["out_dir"], tokens_per_iter, meta, cfg["block_size"])
             t_last, it_last = time.perf_counter(), it  # the evaluation is not training time
         if it >= cfg["max_iters"]:
             break
