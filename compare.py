@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import csv
 import os
+import sys
 import time
 
 import numpy as np
@@ -119,7 +120,7 @@ def main(argv=None):
     data = train.Data({**cfg, "data_dir": os.path.dirname(args.data.rstrip("/")),
                        "dataset": os.path.basename(args.data.rstrip("/"))}, "val")
     lines = [f"# SEDD beside its autoregressive twin ({data.meta['name']}, val split)", "",
-             f"Command: `python compare.py {' '.join(argv or [])}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
+             f"Command: `python compare.py {' '.join(sys.argv[1:] if argv is None else argv)}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
              f"judge {judge}; device {device}, torch {torch.__version__}.", ""]
 
     # 1. likelihood, on the same val windows for every model
