@@ -1,7 +1,8 @@
-"""pytest's setup for this folder: the `float32` fixture, the `cuda` marker, the exercises' stubs.
+"""pytest's setup for this folder: shared fixtures, the `cuda` marker, the exercises' stubs.
 
 - The test files compute in float64 by default; a test that builds a model takes `float32`,
-  the default dtype of models and training, restored after the test.
+  the default dtype of models and training, restored after the test. `gpt2_bpe` is an offline
+  stand-in for GPT-2's BPE; `tiny_data` a small character corpus prepared once per test file.
 - Tests that need a CUDA GPU carry @pytest.mark.cuda; `python -m pytest -m cuda` runs exactly
   them, and elsewhere they skip, saying why.
 - EXERCISES.md names, for each coding exercise, the functions a student writes. With
@@ -17,6 +18,8 @@ import sys
 import pytest
 import torch
 
+import prepare
+
 
 @pytest.fixture
 def float32():
@@ -24,6 +27,36 @@ def float32():
     torch.set_default_dtype(torch.float32)
     yield
     torch.set_default_dtype(old)
+
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@pytest.fixture
+def gpt2_bpe(monkeypatch):
+    """A small byte-level BPE in GPT-2's layout (GPT-2's split pattern, a few merges,
+    <|endoftext|> = 50256), registered as tiktoken's r50k_base so that prepare.gpt2_encoding
+    returns it: the tests check what nanoSEDD does with an encoding, offline and without any file
+    outside the repository; GPT-2's real ranks are tiktoken's to test."""
+    import tiktoken
+    import tiktoken.registry
+    ranks = {bytes([b]): b for b in range(256)}
+    for piece in (b"th", b"the", b" t", b" the", b"er", b"in", b"ing"):
+        ranks[piece] = len(ranks)
+    enc = tiktoken.Encoding("gpt2-test", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={"<|endoftext|>": 50256})
+    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "r50k_base", enc)
+    prepare.gpt2_encoding.cache_clear()
+    yield enc
+    prepare.gpt2_encoding.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    prepare.main(["chars", "--src", str(root / "corpus.txt"), "--name", "tiny", "--out_dir", str(root)])
+    return str(root)
 
 
 def pytest_configure(config):

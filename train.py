@@ -132,7 +132,8 @@ def set_key(cfg, key, value, origin):
 
 def load_config(argv):
     """DEFAULTS, then each argument in order: a config file (plain Python assignments) or
-    --key=value; checked as a whole (check_config). -h / --help prints every setting."""
+    --key=value; checked as a whole (check_config). -h / --help prints every setting. A config
+    file may start from another with include("other.py") (a file in the same folder)."""
     if "-h" in argv or "--help" in argv:
         print("usage: python train.py [config/NAME.py ...] [--key=value ...]   (torchrun for several processes)\n"
               "Config files and overrides apply in order, over these defaults:\n" + settings_help(__file__, "DEFAULTS"))
@@ -152,9 +153,10 @@ def load_config(argv):
             if not os.path.isfile(arg):
                 fail(f"config file {arg!r} not found (see config/)")
             namespace = {}
+            namespace["include"] = lambda name: exec(open(os.path.join(os.path.dirname(arg), name)).read(), namespace)
             exec(open(arg).read(), namespace)
             for key, value in namespace.items():
-                if not key.startswith("_"):
+                if not key.startswith("_") and key != "include":
                     set_key(cfg, key, value, arg)
     check_config(cfg)
     return cfg

@@ -1,0 +1,457 @@
+"""The training loop: configs and their mistakes, exact resume, fine-tuning, a device without
+float64, throughput, schedules, the EMA, data windows, training to a known entropy, torchrun;
+then the CUDA path (python -m pytest -m cuda), which skips, saying why, without a GPU.
+"""
+import contextlib
+import copy
+import csv
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import bench
+import evaluation
+import model as M
+import prepare
+import sampling
+import train
+from graph import Absorbing, get_graph
+from loss import loss_fn
+from model import SEDD, SEDDConfig
+from noise import LogLinearNoise, noise_config
+from prepare import char_splits, proportional
+from sampling import sample
+from test_sedd import randomized, tiny
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------- train.py
+
+TINY_RUN = dict(dataset="tiny", block_size=32, batch_size=4, n_layer=2, n_head=2, n_embd=32, cond_dim=16,
+                dropout=0.0, warmup_iters=2, learning_rate=1e-3, eval_batches=1, eval_n_t=2, sample_steps=4,
+                dtype="float32", compile=False, device="cpu")
+
+
+def params(out_dir):
+    ckpt = torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=False)
+    return torch.cat([p.flatten() for p in ckpt["model"].values()]), ckpt
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(SystemExit, match="unknown config key 'n_layers'.*'n_layer'"):
+        train.load_config(["--n_layers=2"])
+    with pytest.raises(SystemExit, match="n_layer in --n_layer=two must be int"):
+        train.load_config(["--n_layer=two"])
+    (tmp_path / "bad.py").write_text("learning_rat = 1e-3\n")
+    with pytest.raises(SystemExit, match="unknown config key 'learning_rat'"):
+        train.load_config([str(tmp_path / "bad.py")])
+    tiny = train.load_config([str(HERE / "config" / "text8_tiny.py"), "--n_layer=3"])
+    assert tiny["n_layer"] == 3
+    twin = train.load_config([str(HERE / "config" / "text8_tiny_ar.py")])  # include("text8_tiny.py") + 2 keys
+    assert twin == {**tiny, "n_layer": 4, "ar": True, "out_dir": "out/text8_tiny_ar"}
+
+
+def log_rows(out_dir):
+    """log.csv without its timing columns (tokens/s, MFU)."""
+    with open(os.path.join(out_dir, "log.csv")) as f:
+        return [(r["iter"], r["train_bits_per_token"], r["lr"], r["val_bits_per_token"]) for r in csv.DictReader(f)]
+
+
+def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float32):
+    """A run stopped at an evaluation and resumed is the straight run, bit for bit: weights, EMA,
+    AdamW state, the exported model, and log.csv (the resumed run does not evaluate again).
+    Dropout is on, so its generator must be restored too. --eval_only then reproduces the last
+    evaluation from the checkpoint's EMA weights."""
+    def run(out_dir, **kw):
+        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir), "max_iters": 6,
+               "eval_interval": 3, "log_interval": 3, "dropout": 0.2, **kw}
+        train.train(cfg)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run(straight)
+    last_eval = capsys.readouterr().out.split("iter 6: val ELBO ")[1].split(" bits")[0]
+    run(stopped, max_iters=3)
+    run(stopped, init_from="resume")
+    a, b = (torch.load(d / "ckpt.pt", weights_only=False) for d in (straight, stopped))
+    assert a["iter_num"] == b["iter_num"] == 6
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    assert not torch.equal(a["model"]["blocks.0.attn_qkv.weight"], a["ema"]["blocks.0.attn_qkv.weight"])
+    moments = lambda ckpt: [v for s in ckpt["optimizer"]["state"].values() for v in s.values()]
+    assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b)))
+    exported = [torch.load(d / "pytorch_model.bin") for d in (straight, stopped)]
+    assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
+    rows = log_rows(straight)
+    assert rows == log_rows(stopped) and [r[0] for r in rows if r[3]] == ["0", "3", "6"]
+    assert all((straight / f).exists() for f in ("config.json", "pytorch_model.bin", "meta.json", "log.csv"))
+    assert SEDD.from_pretrained(str(straight)).graph_name == "absorb"  # the exported EMA weights load
+    capsys.readouterr()
+    run(straight, init_from="resume", eval_only=True)
+    assert capsys.readouterr().out.strip().startswith(f"val ELBO {last_eval} bits per character")
+
+
+def test_finetune_from_pretrained(tiny_data, tmp_path, monkeypatch, float32):
+    """--init_from=pretrained:DIR trains in train mode with the configured dropout (from_pretrained
+    returns an eval-mode model with the checkpoint's rate), with the checkpoint's shape and noise
+    schedule (a geometric one's sigma_min and sigma_max), and exports that schedule again."""
+    torch.manual_seed(0)
+    pre = tmp_path / "pre"
+    schedule = {"type": "geometric", "sigma_min": 1e-3, "sigma_max": 7.0}
+    SEDD(SEDDConfig(vocab_size=29, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=32,
+                    dropout=0.0)).save_pretrained(pre, "absorb", schedule)
+    seen, real_loss_fn = [], train.loss_fn
+
+    def spy(model, graph, noise, x0, **kw):
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        seen.append((model.training, rates, noise_config(noise)))
+        return real_loss_fn(model, graph, noise, x0, **kw)
+    monkeypatch.setattr(train, "loss_fn", spy)
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path / "ft"),
+           "init_from": f"pretrained:{pre}", "dropout": 0.3, "max_iters": 2, "eval_interval": 2}
+    train.train(cfg)
+    assert seen == [(True, {0.3}, schedule)] * 2
+    tuned = SEDD.from_pretrained(str(tmp_path / "ft"))
+    assert tuned.config.n_layer == 1 and tuned.config.dropout == 0.3 and tuned.noise_config == schedule
+
+
+class NoFloat64(TorchDispatchMode):
+    """A device without float64, as Apple's MPS: every operation that makes a float64 tensor fails."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tree_leaves(out)):
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+        return out
+
+
+def test_device_without_float64_trains_evaluates_and_samples(tiny_data, tmp_path, capsys, float32):
+    with NoFloat64():
+        with pytest.raises(TypeError):
+            torch.zeros(1, dtype=torch.float64)  # the simulation works
+        assert sampling.draw_dtype("cpu") is torch.float32
+        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path),
+               "max_iters": 2, "eval_interval": 2}
+        train.train(cfg)
+        out = capsys.readouterr().out
+        assert out.count("has no float64") == 1 and out.count("val ELBO") == 2 and out.count("sample:") == 2
+        sampling.main(["--ckpt", str(tmp_path), "--steps", "4", "--batch_size", "2", "--device", "cpu"])
+        assert "dtype float32" in capsys.readouterr().out
+
+
+def test_throughput_counts_only_timed_iterations(tiny_data, tmp_path, monkeypatch, float32):
+    """tokens/s = tokens of the iterations since the last log or evaluation / their time: with a
+    clock that advances 1 s per training step and stands still otherwise, every row reads the
+    tokens of one iteration, also when eval_interval is not a multiple of log_interval."""
+    clock, real_step = [0.0], train.Trainer.step
+
+    def step(self):
+        clock[0] += 1.0
+        return real_step(self)
+    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train, "peak_flops", lambda device, dtype: 1e12)
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path), "max_iters": 8,
+           "eval_interval": 3, "log_interval": 2}
+    train.train(cfg)
+    with open(tmp_path / "log.csv") as f:
+        speeds = [r["tokens_per_s"] for r in csv.DictReader(f) if r["tokens_per_s"]]
+    assert speeds == [str(4 * 32)] * 4
+
+
+def test_learning_rate_schedule():
+    cfg = dict(learning_rate=1.0, warmup_iters=4, decay_lr=False, min_lr=0.1, max_iters=14)
+    assert [train.lr_at(cfg, i) for i in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    cfg["decay_lr"] = True  # cosine from 1 at the end of warmup to min_lr at max_iters
+    assert [train.lr_at(cfg, i) for i in (4, 9, 14, 20)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+
+
+def test_trainer_step_ema_warmup_and_stratified_t(tiny_data, float32):
+    """The EMA after n updates follows ema <- d ema + (1 - d) w with d = min(decay, (1+n)/(10+n));
+    the t of a global batch of n sequences has one value in each of the n strata, shuffled."""
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "gradient_accumulation_steps": 2}
+    torch.manual_seed(0)
+    graph, noise, data = get_graph("absorb", 28), LogLinearNoise(), train.Data(cfg, "train")
+    model = train.build_model(cfg, graph.dim)
+    run = train.Trainer(cfg, model, graph, noise, data, torch.device("cpu"))
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(1, 4):
+        run.step()
+        d = min(cfg["ema_decay"], (1 + n) / (10 + n))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    assert all(torch.allclose(e, p, rtol=1e-5, atol=1e-7) for e, p in zip(expected, run.ema_model.parameters()))
+
+    generator, orders = torch.Generator().manual_seed(0), set()
+    for _ in range(20):
+        _, t, _ = train.draw_step(cfg, data, graph, noise, generator)
+        strata = ((t - cfg["sampling_eps"]) / (1 - cfg["sampling_eps"]) * 8).floor().long()
+        assert sorted(strata.tolist()) == list(range(8))
+        orders.add(tuple(strata.tolist()))
+    assert len(orders) > 10  # shuffled differently each time
+
+
+def test_random_windows_reach_the_last_token(tmp_path):
+    meta = {"name": "count", "tokenizer": "chars", "chars": list("abcdefgh"), "n_tokens": 8, "split": "test"}
+    prepare.write_dataset(str(tmp_path / "count"), {"train": [np.arange(6)], "val": [np.arange(4)],
+                                                    "test": [np.arange(3)]}, meta)
+    cfg = {**train.load_config([]), "data_dir": str(tmp_path), "dataset": "count", "block_size": 4}
+    windows = train.Data(cfg, "train").random_batch(200, torch.Generator().manual_seed(0))
+    assert set(windows[:, 0].tolist()) == {0, 1, 2} and (windows.diff(dim=1) == 1).all()
+    assert train.Data(cfg, "val").random_batch(3, torch.Generator()).tolist() == [[0, 1, 2, 3]] * 3
+    with pytest.raises(SystemExit, match="fewer than block_size = 4"):
+        train.Data(cfg, "test")
+
+
+def markov_dataset(root, length, n=100_000, seed=0):
+    """A first-order Markov chain on 3 characters (prepare.markov_corpus). Returns its exact
+    entropy per token in windows of `length`, and that of i.i.d. tokens with the same marginal
+    (what a model ignoring the context reaches)."""
+    P = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.45, 0.45, 0.1]])
+    ids, h_first, h_rate = prepare.markov_corpus(P, n, seed)
+    meta = {"name": "markov", "tokenizer": "chars", "chars": list("abc"), "n_tokens": 3, "split": "90/5/5",
+            "entropy_first_bits": h_first, "entropy_rate_bits": h_rate}
+    prepare.write_dataset(str(root / "markov"), char_splits(ids, proportional(n)), meta)
+    return (h_first + (length - 1) * h_rate) / length, h_first
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform", "ar"])
+def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32):
+    """300 steps on a Markov source drive the val ELBO (an upper bound on the model's NLL, and so
+    on the source's entropy), or the twin's exact NLL, to within 0.1 bits per token of the exact
+    entropy, far below what ignoring the context gives: the loss weighting, the bound and the
+    optimiser step agree."""
+    entropy, iid = markov_dataset(tmp_path, 16)
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": str(tmp_path), "dataset": "markov", "block_size": 16,
+           "batch_size": 32, "graph": "absorb" if graph == "ar" else graph, "ar": graph == "ar",
+           "learning_rate": 3e-3, "warmup_iters": 20, "ema_decay": 0.99, "max_iters": 300, "eval_interval": 300,
+           "log_interval": 100, "eval_batches": 16, "eval_n_t": 16, "out_dir": str(tmp_path / "out")}
+    train.train(cfg)
+    assert (tmp_path / "out" / "loss.png").exists()  # the loss curves, drawn with matplotlib
+    model = SEDD.from_pretrained(str(tmp_path / "out"))
+    diffusion = None if graph == "ar" else get_graph(graph, 3)
+    result = evaluation.evaluate(model, diffusion, LogLinearNoise(), train.Data(cfg, "val"), cfg,
+                            torch.device("cpu"), contextlib.nullcontext())
+    assert iid - entropy > 0.3 and entropy - 3 * result["bits_se"] < result["bits"] < entropy + 0.1
+    assert f"the source's entropy {entropy:.4f}" in evaluation.report(result, train.Data(cfg, "val").meta, "val")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--graph=absorbing"], r"--graph=absorbing is not one of \['absorb', 'uniform'\]"),
+    (["--noise=cosine"], "--noise=cosine is not one of"),
+    (["--dtype=float16"], "loss scaling"),
+    (["--n_head=5"], "must divide --n_embd=768"),
+    (["--n_embd=96", "--n_head=32"], "heads of even size"),
+    (["--batch_size=0"], "--batch_size must be at least 1"),
+    (["--init_from=checkpoint"], "init_from must be"),
+    (["--device=tpu"], "unknown device 'tpu'"),
+    pytest.param(["--device=cuda"], "no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here")),
+    (["--dataset=text8"], r"prepare the dataset first with `python prepare.py text8`"),
+    (["--init_from=resume"], "ckpt.pt does not exist"),
+])
+def test_train_mistakes_end_in_one_line(args, message, tmp_path, tiny_data):
+    data = tiny_data if "--init_from=resume" in args else str(tmp_path)
+    with pytest.raises(SystemExit, match=message) as e:
+        train.train(train.load_config([f"--data_dir={data}", "--dataset=tiny", f"--out_dir={tmp_path}", *args]))
+    assert isinstance(e.value.code, str) and e.value.code.count("\n") < 3  # printed, exit status 1
+
+
+def test_command_line_help_warnings_and_errors(tmp_path, tiny_data, capsys, float32):
+    """--help lists every setting with its default and comment; mistakes end in one line on stderr
+    with exit status 1 and no traceback (checked on real processes once), in every tool."""
+    run = lambda *args: subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
+    done = run("train.py", "--help")
+    assert done.returncode == 0 and all(f"--{key}=" in done.stdout for key in train.DEFAULTS)
+    assert "--sampling_eps=0.001" in done.stdout and "t ~ U[sampling_eps, 1]" in done.stdout
+    done = run("train.py", "config/text8_tiny.py", f"--data_dir={tmp_path}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "prepare.py text8" in done.stderr
+    train.load_config(["--max_iters=10", "--warmup_iters=100"])
+    assert "warning: max_iters=10 < warmup_iters=100" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    assert e.value.code == 0 and "--rounds=5" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="prepare the dataset first"):
+        bench.main([f"--data_dir={tmp_path}"])
+    SEDD(tiny(vocab_size=29, block_size=16)).save_pretrained(tmp_path / "ckpt", "absorb", {"type": "loglinear"})
+    shutil.copy(os.path.join(tiny_data, "tiny", "meta.json"), tmp_path / "ckpt")
+    for bad, msg in [(["--steps", "0"], "--steps must be at least 1"), (["--batch_size", "0"], "--batch_size must be"),
+                     (["--device", "tpu"], "unknown device 'tpu'")]:
+        with pytest.raises(SystemExit, match=msg):
+            sampling.main(["--ckpt", str(tmp_path / "ckpt"), *bad])
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    train.save_atomic({"step": 1}, path)
+    real_save = torch.save
+
+    def crash(obj, f):  # half-written, then the process dies
+        real_save(obj, f)
+        with open(f, "r+b") as handle:
+            handle.truncate(10)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomic({"step": 2}, path)
+    assert torch.load(path)["step"] == 1
+
+
+def test_torchrun_matches_single_process(tiny_data, tmp_path):
+    """2 gloo processes with one micro-batch each = 1 process accumulating both micro-batches."""
+    cfg = {**TINY_RUN, "data_dir": tiny_data, "max_iters": 4, "eval_interval": 100, "log_interval": 2,
+           "gradient_accumulation_steps": 2}
+    args = [f"--{k}={v}" for k, v in cfg.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda *cmd: subprocess.run(cmd, cwd=HERE, env=env, check=True, capture_output=True, timeout=300)
+    run(sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'one'}")
+    run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+        *args, f"--out_dir={tmp_path / 'two'}")
+    a, b = params(tmp_path / "one")[0], params(tmp_path / "two")[0]
+    assert (a - b).norm() / a.norm() < 1e-6
+
+
+def test_evaluator_is_loss_fn_plus_prior(tiny_data, float32):
+    """evaluation.evaluate = mean over sequences of loss_fn at elbo's stratified t (same RNG draws)
+    plus the prior KL, in bits per token, with the standard error across sequences."""
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "eval_batches": 3, "eval_n_t": 4}
+    torch.manual_seed(0)
+    model = SEDD(SEDDConfig(vocab_size=29, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=32, dropout=0.0))
+    with torch.no_grad():
+        model.output_layer.linear.weight.normal_()  # a non-trivial score
+    graph, noise, data = get_graph("absorb", 28), LogLinearNoise(), train.Data(cfg, "val")
+    result = evaluation.evaluate(model, graph, noise, data, cfg, torch.device("cpu"), contextlib.nullcontext())
+    torch.manual_seed(cfg["seed"])
+    nats = []
+    for x0 in data.eval_batches(3 * 4, 4):
+        total = torch.zeros(len(x0), dtype=torch.float64)
+        for k in range(4):
+            total += loss_fn(model, graph, noise, x0, t=(k + 1 - torch.rand(len(x0))) / 4).double()
+        nats.append(total / 4 + 32 * graph.prior_kl(noise(torch.tensor(1.0, dtype=torch.float64))[0]).item())
+    nats = torch.cat(nats)
+    # float32 network outputs, averaged in float32 (elbo) vs float64 here: agreement to ~1e-7
+    assert result["n"] == 12 and result["bits"] == pytest.approx(nats.mean().item() / (32 * math.log(2)), rel=1e-6)
+    assert result["bits_se"] == pytest.approx(nats.std().item() / math.sqrt(12) / (32 * math.log(2)), rel=1e-5)
+
+
+# ---------------------------------------------------------------- CUDA (python -m pytest -m cuda)
+
+def on_cuda(test):
+    """Marks a test `cuda` and skips it, saying why, where PyTorch sees no CUDA GPU."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    return pytest.mark.cuda(skip(test))
+
+
+def cuda_step(model, x0, t, dtype):
+    """The mean DWDSE of a batch at fixed t and x_t and its gradients, under autocast `dtype`."""
+    graph, noise = Absorbing(model.config.vocab_size - 1), LogLinearNoise()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        loss = loss_fn(model, graph, noise, x0, t=t).mean()
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+
+
+def cuda_model_and_batch(batch=8, length=256, seed=0):
+    torch.manual_seed(seed)
+    model = randomized(tiny(vocab_size=28, n_embd=256, n_head=4, n_layer=4, cond_dim=64, block_size=length), std=0.05)
+    x0 = torch.randint(27, (batch, length), device="cuda")
+    return model.cuda().train(), x0, torch.rand(batch, device="cuda").clamp(min=0.05)
+
+
+@on_cuda
+def test_cuda_bf16_step_matches_float32(float32):
+    model, x0, t = cuda_model_and_batch()
+    loss32, grad32 = cuda_step(model, x0, t, torch.float32)
+    loss16, grad16 = cuda_step(model, x0, t, torch.bfloat16)
+    assert abs(loss16 - loss32) < 2e-2 * abs(loss32)
+    assert F.cosine_similarity(grad16, grad32, dim=0) > 0.99
+
+
+@on_cuda
+def test_cuda_compiled_step_matches_eager(float32):
+    model, x0, t = cuda_model_and_batch()
+    loss, grad = cuda_step(model, x0, t, torch.float32)
+    loss_c, grad_c = cuda_step(torch.compile(model), x0, t, torch.float32)
+    assert loss_c == pytest.approx(loss, rel=1e-4) and (grad_c - grad).norm() < 1e-3 * grad.norm()
+
+
+@on_cuda
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_attention_matches_float32_softmax(causal, float32):
+    """M.attention on CUDA in bf16 (FlashAttention when flash-attn is installed, else SDPA)
+    against softmax(q k^T / sqrt(d)) v written out in float32."""
+    torch.manual_seed(0)
+    qkv = torch.randn(4, 128, 3, 8, 64, device="cuda")
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(64)
+    if causal:
+        logits = logits.masked_fill(torch.ones(128, 128, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
+    ref = (logits.softmax(-1) @ v).transpose(1, 2).reshape(4, 128, 512)
+    out = M.attention(qkv.bfloat16(), causal).float()
+    assert (out - ref).abs().max() < 3e-2 * ref.abs().max()
+
+
+@on_cuda
+def test_cuda_sampling_draws_in_float64(float32):
+    model = randomized(tiny(vocab_size=11), std=0.3).cuda()
+    graph, noise = Absorbing(10), LogLinearNoise()
+    assert sampling.draw_dtype(torch.device("cuda")) is torch.float64
+    for predictor, steps in (("analytic", 16), ("first_hitting", None)):
+        stats = {}
+        x = sample(model, graph, noise, (4, 8), steps, predictor, prompt={2: 5}, device="cuda", stats=stats)
+        assert x.is_cuda and (x < 10).all() and (x[:, 2] == 5).all()
+    assert stats["network_evals"] == 7
+
+
+@on_cuda
+def test_cuda_resume_restores_the_cuda_generator(tiny_data, tmp_path, float32):
+    """With dropout on, a resumed CUDA run follows the straight one (up to the float rounding of
+    CUDA kernels): restoring only the CPU generator would change every dropout mask."""
+    def run(out_dir, **kw):
+        train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir),
+                     "device": "cuda", "max_iters": 6, "eval_interval": 3, "log_interval": 3, "dropout": 0.2, **kw})
+    run(tmp_path / "straight")
+    run(tmp_path / "stopped", max_iters=3)
+    run(tmp_path / "stopped", init_from="resume")
+    a, b = params(tmp_path / "straight")[0], params(tmp_path / "stopped")[0]
+    assert (a - b).norm() < 1e-5 * a.norm()
+
+
+@on_cuda
+def test_cuda_torchrun_nccl_trains(tiny_data, tmp_path):
+    cfg = {**TINY_RUN, "device": "cuda", "data_dir": tiny_data, "max_iters": 2, "eval_interval": 2,
+           "out_dir": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           "train.py", *[f"--{k}={v}" for k, v in cfg.items()]],
+                          cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert params(tmp_path)[1]["iter_num"] == 2
+
+
+@on_cuda
+def test_cuda_owt_small_step_fits_an_80gb_card(float32):
+    """One bf16 training step at config/owt_small.py's per-GPU shape (32 x 1024 tokens, 50,258
+    outputs): its peak memory, with the weights, EMA and AdamW state, leaves headroom on 80 GB."""
+    cfg = train.load_config([str(HERE / "config" / "owt_small.py")])
+    torch.cuda.reset_peak_memory_stats()
+    model = train.build_model(cfg, 50258).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ema = copy.deepcopy(model).requires_grad_(False)  # held like train.py's: its memory counts
+    x0 = torch.randint(50257, (cfg["batch_size"], cfg["block_size"]), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = loss_fn(model, Absorbing(50257), LogLinearNoise(), x0).mean()
+    loss.backward()
+    optimizer.step()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(f"owt_small per-GPU step: peak {peak:.1f} GiB (batch {cfg['batch_size']} x {cfg['block_size']})")
+    assert torch.isfinite(loss) and ema.training and peak < 70
