@@ -72,7 +72,8 @@ def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float3
     """A run stopped at an evaluation and resumed is the straight run, bit for bit: weights, EMA,
     AdamW state, the exported model, and log.csv (the resumed run does not evaluate again).
     Dropout is on, so its generator must be restored too. --eval_only then reproduces the last
-    evaluation from the checkpoint's EMA weights."""
+    evaluation from the checkpoint's EMA weights. A second run from scratch into the same
+    directory stops and changes nothing."""
     def run(out_dir, **kw):
         cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir), "max_iters": 6,
                "eval_interval": 3, "log_interval": 3, "dropout": 0.2, **kw}
@@ -80,6 +81,10 @@ def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float3
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run(straight)
     last_eval = capsys.readouterr().out.split("iter 6: val ELBO ")[1].split(" bits")[0]
+    before = {f: (straight / f).read_bytes() for f in ("ckpt.pt", "log.csv")}
+    with pytest.raises(SystemExit, match="already holds a run .ckpt.pt, log.csv.: continue it with --init_from=resume"):
+        run(straight)  # a second run from scratch would overwrite the first and append to its log
+    assert before == {f: (straight / f).read_bytes() for f in before}
     run(stopped, max_iters=3)
     run(stopped, init_from="resume")
     a, b = (torch.load(d / "ckpt.pt", weights_only=False) for d in (straight, stopped))
@@ -271,7 +276,7 @@ def test_command_line_help_warnings_and_errors(tmp_path, tiny_data, capsys, floa
     done = run("train.py", "--help")
     assert done.returncode == 0 and all(f"--{key}=" in done.stdout for key in train.DEFAULTS)
     assert "--sampling_eps=0.001" in done.stdout and "t ~ U[sampling_eps, 1]" in done.stdout
-    done = run("train.py", "config/text8_tiny.py", f"--data_dir={tmp_path}")
+    done = run("train.py", "config/text8_tiny.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}")
     assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "prepare.py text8" in done.stderr
     train.load_config(["--max_iters=10", "--warmup_iters=100"])

@@ -498,6 +498,11 @@ def train(cfg):
 
     eval_data = Data(cfg, cfg["eval_split"] if cfg["eval_only"] else "val")
     train_data = Data(cfg, "train") if not cfg["eval_only"] else None
+    if not cfg["eval_only"] and cfg["init_from"] != "resume":  # a new run never writes over an old one
+        taken = [f for f in ("ckpt.pt", "log.csv") if os.path.exists(os.path.join(cfg["out_dir"], f))]
+        if taken:
+            fail(f"{cfg['out_dir']} already holds a run ({', '.join(taken)}): continue it with --init_from=resume "
+                 f"or start this one with another --out_dir (nothing was changed)")
     meta = eval_data.meta
     model, graph, noise, ckpt = init_model(cfg, meta)
     run = Trainer(cfg, model, graph, noise, train_data, device, ddp, rank, world)
