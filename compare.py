@@ -12,13 +12,14 @@ below is what diffusion changes. Three claims of the paper, each on text8's vali
 1. Likelihood (Tables 1-2): bits per character of SEDD Absorb, SEDD Uniform (an upper bound,
    the ELBO of Theorem 3.6) and the twin (exact), on the same windows, with the wall time of
    each training run; character n-gram models (add-0.1 counts of the training split) for scale.
-2. Samples against compute (Figure 2, Section 5.2): SEDD samples at several numbers of Tweedie
-   steps (one network evaluation each; Euler is the same law for absorbing + log-linear noise)
-   and by first hitting (exact, one evaluation per character) against the twin's samples at temperature 1 and with nucleus sampling (one evaluation per
-   character), scored by generative perplexity under a judge twin (per character), unigram
-   entropy and the share of real words. The judge scores its own samples too: those get an
-   edge (at temperature 1 their expected score is the judge's own entropy).
-3. Infilling (Table 3): held-out windows with a middle span removed; SEDD fills it seeing the
+2. Samples against compute (Figure 1; SEDD Uniform as in Figure 2): SEDD Absorb samples at
+   several numbers of Tweedie steps (one network evaluation each; Euler is the same law for
+   absorbing + log-linear noise) and by first hitting (exact, one evaluation per character), SEDD
+   Uniform at one step per character, against the twin's samples at temperature 1 and with nucleus
+   sampling (one evaluation per character), scored by generative perplexity under a judge twin
+   (per character), unigram entropy and the share of real words. The judge scores its own samples
+   too: those get an edge (at temperature 1 their expected score is the judge's own entropy).
+3. Infilling (Table 5): held-out windows with a middle span removed; SEDD fills it seeing the
    prefix and the suffix (first hitting: the exact conditional for its score), the twin
    continues the prefix (it cannot see a suffix); the whole window is then scored the same way.
 
@@ -120,7 +121,7 @@ def main(argv=None):
     data = train.Data({**cfg, "data_dir": os.path.dirname(args.data.rstrip("/")),
                        "dataset": os.path.basename(args.data.rstrip("/"))}, "val")
     lines = [f"# SEDD beside its autoregressive twin ({data.meta['name']}, val split)", "",
-             f"Command: `python compare.py {' '.join(sys.argv[1:] if argv is None else argv)}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
+             f"Command: `{' '.join(['python compare.py', *(sys.argv[1:] if argv is None else argv)])}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
              f"judge {judge}; device {device}, torch {torch.__version__}.", ""]
 
     # 1. likelihood, on the same val windows for every model
@@ -142,11 +143,15 @@ def main(argv=None):
     vocabulary = set(dataset_words(args.data))
     _, decode = get_tokenizer(absorb["meta"])
     shape = (args.samples, L)
-    samplers = {f"SEDD {steps} steps": lambda stats, steps=steps: sample(
+    samplers = {f"SEDD Absorb {steps} steps": lambda stats, steps=steps: sample(
         absorb["model"], absorb["graph"], absorb["noise"], shape, steps, device=device, stats=stats)
         for steps in [int(s) for s in args.steps.split(",")]}
-    samplers["SEDD first hitting (exact)"] = lambda stats: sample(
+    samplers["SEDD Absorb first hitting (exact)"] = lambda stats: sample(
         absorb["model"], absorb["graph"], absorb["noise"], shape, None, "first_hitting", device=device, stats=stats)
+    if "SEDD Uniform" in runs:  # as many steps as characters: the compute of first hitting and the twin
+        uniform = runs["SEDD Uniform"]
+        samplers[f"SEDD Uniform {L} steps"] = lambda stats: sample(
+            uniform["model"], uniform["graph"], uniform["noise"], shape, L, device=device, stats=stats)
     for top_p in (1.0, args.top_p):
         label = "twin, temperature 1" if top_p == 1 else f"twin, nucleus {top_p}"
         samplers[label] = lambda stats, top_p=top_p: sample_ar(twin["model"].to(device), shape, top_p=top_p,
@@ -203,18 +208,18 @@ def plot(points, judge, path):
     except ImportError:
         print("no plot: pip install matplotlib")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
     for ax, key, ylabel in ((axes[0], "ppl", f"perplexity per character under {os.path.basename(judge.rstrip('/'))}"),
                             (axes[1], "words", "real words")):
-        tweedie = [(e, s[key]) for label, e, _, s in points if label.endswith(" steps")]
-        ax.plot(*zip(*tweedie), "o-", label="SEDD Absorb, Tweedie")
+        curve = [(e, s[key]) for label, e, _, s in points if label.startswith("SEDD Absorb") and label.endswith(" steps")]
+        ax.plot(*zip(*curve), "o-", label="SEDD Absorb, Tweedie")
         for label, e, _, s in points:
-            if not label.endswith(" steps"):
-                ax.plot(e, s[key], "*" if "first hitting" in label else "s", markersize=10, label=label)
+            if not (label.startswith("SEDD Absorb") and label.endswith(" steps")):
+                ax.plot(e, s[key], "*" if label.startswith("SEDD") else "s", markersize=10, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("network evaluations per sample")
         ax.set_ylabel(ylabel)
-        ax.legend()
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -313,7 +313,7 @@ def test_compare_end_to_end(tiny_data, tmp_path, float32):
                   "--eval_seqs", "8", "--eval_n_t", "2", "--samples", "3", "--steps", "2,4", "--span", "8", "--device", "cpu"])
     results = (tmp_path / "cmp" / "results.md").read_text()
     for row in ("| SEDD Absorb | <= ", "| SEDD Uniform | <= ", "| autoregressive twin | = ", "character 5-gram",
-                "| SEDD 4 steps | 5 |", "| SEDD first hitting (exact) | 32 |", "| twin, temperature 1 | 32 |", "| twin, nucleus 0.9 | 32 |", "| real val text | - | - |",
+                "| SEDD Absorb 4 steps | 5 |", "| SEDD Absorb first hitting (exact) | 32 |", "| SEDD Uniform 32 steps | 33 |", "| twin, temperature 1 | 32 |", "| twin, nucleus 0.9 | 32 |", "| real val text | - | - |",
                 "| SEDD Absorb, first hitting | prefix + suffix |", "| the removed text |"):
         assert row in results
     with pytest.raises(SystemExit, match="train it first"):
