@@ -9,7 +9,7 @@ The twin (train.py ar=True) is the same network, causal and without noise, train
 next-character likelihood with the same data, steps, batch and optimiser, so each difference
 below is what diffusion changes. Three claims of the paper, each on text8's validation split:
 
-1. Likelihood (Tables 1-2): bits per character of SEDD Absorb, SEDD Uniform (an upper bound,
+1. Likelihood (Table 2): bits per character of SEDD Absorb, SEDD Uniform (an upper bound,
    the ELBO of Theorem 3.6) and the twin (exact), on the same windows, with the wall time of
    each training run; character n-gram models (add-0.1 counts of the training split) for scale.
 2. Samples against compute (Figure 1; SEDD Uniform as in Figure 2): SEDD Absorb samples at
@@ -209,12 +209,12 @@ def plot(points, judge, path):
         print("no plot: pip install matplotlib")
         return
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    tweedie = lambda label: label.startswith("SEDD Absorb") and label.endswith(" steps")  # the line; the rest are points
     for ax, key, ylabel in ((axes[0], "ppl", f"perplexity per character under {os.path.basename(judge.rstrip('/'))}"),
                             (axes[1], "words", "real words")):
-        curve = [(e, s[key]) for label, e, _, s in points if label.startswith("SEDD Absorb") and label.endswith(" steps")]
-        ax.plot(*zip(*curve), "o-", label="SEDD Absorb, Tweedie")
+        ax.plot(*zip(*[(e, s[key]) for label, e, _, s in points if tweedie(label)]), "o-", label="SEDD Absorb, Tweedie")
         for label, e, _, s in points:
-            if not (label.startswith("SEDD Absorb") and label.endswith(" steps")):
+            if not tweedie(label):
                 ax.plot(e, s[key], "*" if label.startswith("SEDD") else "s", markersize=10, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("network evaluations per sample")
