@@ -7,8 +7,9 @@
   them, and elsewhere they skip, saying why.
 - EXERCISES.md names, for each coding exercise, the functions a student writes. With
   NANOSEDD_STUB="graph.py Absorbing.score_entropy,loss.py loss_fn" each named function raises
-  NotImplementedError instead, as a student's empty answer would: test_pipeline.py checks that every
-  exercise's Check fails then (and passes with the code as it is).
+  NotImplementedError instead, as a student's empty answer would; with NANOSEDD_WRONG=name the
+  wrong answer `name` of wrong_answers.py takes the place of the function it is written for.
+  test_exercises.py checks that every exercise's Check fails then.
 """
 import functools
 import importlib
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 import prepare
+import wrong_answers
 
 
 @pytest.fixture
@@ -61,23 +63,27 @@ def tiny_data(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (python -m pytest -m cuda runs exactly these)")
-    stubs = [item.split() for item in os.environ.get("NANOSEDD_STUB", "").split(",") if item.strip()]
-    replaced = {}  # id of an original function -> its stub
-    for path, name in stubs:
+    replacements = []  # ("file.py Name", the function that takes its place)
+    for item in os.environ.get("NANOSEDD_STUB", "").split(","):
+        if item.strip():
+            replacements.append((item.strip(), None))
+    if os.environ.get("NANOSEDD_WRONG"):
+        replacements.append(wrong_answers.WRONG[os.environ["NANOSEDD_WRONG"]])
+    replaced = {}  # id of an original function -> what replaces it
+    for target, replacement in replacements:
+        path, name = target.split()
         owner = importlib.import_module(path.removesuffix(".py"))
         *outer, attr = name.split(".")
         for part in outer:  # Class.method
             owner = getattr(owner, part)
         original = getattr(owner, attr)
-
-        @functools.wraps(original)  # the same name and signature, an empty body
-        def stub(*args, _name=f"{path} {name}", **kwargs):
-            raise NotImplementedError(f"{_name}: your code goes here")
-        setattr(owner, attr, stub)
-        replaced[id(original)] = stub
-    if not replaced:
-        return
-    for module in [m for m in sys.modules.values() if m is not None]:  # names bound by `from x import name`
-        for attr, value in list(vars(module).items()):
+        if replacement is None:
+            @functools.wraps(original)  # the same name and signature, an empty body
+            def replacement(*args, _name=target, **kwargs):
+                raise NotImplementedError(f"{_name}: your code goes here")
+        setattr(owner, attr, replacement)
+        replaced[id(original)] = replacement
+    for module in [m for m in sys.modules.values() if m is not None and m is not wrong_answers]:
+        for attr, value in list(vars(module).items()):  # names bound by `from x import name`
             if id(value) in replaced:
                 setattr(module, attr, replaced[id(value)])

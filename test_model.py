@@ -114,6 +114,12 @@ def test_rotary_logits_depend_only_on_relative_position(float32):
     for i, j, s in [(3, 10, 5), (20, 2, 40), (0, 0, 63), (9, 1, 17)]:
         assert abs(logit(i, j) - logit(i + s, j + s)) < 1e-4
     assert abs(logit(0, 5) - logit(5, 0)) > 1e-2  # but it does depend on the offset
+    # GPT-NeoX's half-split layout (the official checkpoints'): coordinate 3 turns into 3 + 8
+    angle = 5 * M.Rotary(16).inv_freq[3]
+    expected = torch.zeros(16)
+    expected[3], expected[11] = torch.cos(angle), torch.sin(angle)
+    got = rotated(F.one_hot(torch.tensor(3), 16).float(), 5)
+    assert torch.allclose(got, expected, atol=1e-6), f"e_3 rotated at position 5: got {got}, expected {expected}"
     assert torch.equal(M.Rotary(16).inv_freq, 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16))
 
 

@@ -46,7 +46,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from evaluation import evaluate, fork_rng, report, source_entropy
 from graph import GRAPHS, get_graph
-from loss import ar_nll, bits_per_token, loss_fn
+from loss import ar_nll, bits_per_token, loss_fn, stratified_t
 from model import SEDD, SEDDConfig, pick_device
 from noise import NOISES, noise_config, noise_from_config
 from prepare import fail, get_tokenizer, load_meta
@@ -282,19 +282,14 @@ class Data:
 
 
 def draw_step(cfg, data, graph, noise, generator):
-    """One optimiser step's global batch: windows x0, stratified t, noised x_t (all on CPU); the
-    autoregressive twin (graph None) needs only x0.
-
-    t is stratified over the global batch: one uniform offset u and t_i = (u + i) / n mod 1,
-    shuffled, then mapped into [sampling_eps, 1]. Each t_i is still U[sampling_eps, 1] (the loss
-    stays unbiased) while the batch covers the whole range evenly, which lowers the variance.
-    """
+    """One optimiser step's global batch: windows x0, noise times t stratified over the whole
+    global batch (loss.stratified_t), noised x_t, all on CPU; the autoregressive twin (graph
+    None) needs only x0."""
     n = cfg["batch_size"] * cfg["gradient_accumulation_steps"]
     x0 = data.random_batch(n, generator)
     if graph is None:
         return x0, None, None
-    u = (torch.rand(1, generator=generator) + torch.arange(n) / n) % 1
-    t = cfg["sampling_eps"] + (1 - cfg["sampling_eps"]) * u[torch.randperm(n, generator=generator)]
+    t = stratified_t(n, cfg["sampling_eps"], generator)
     sigma, _ = noise(t)
     x_t = graph.sample_transition(x0, sigma[:, None], generator=generator)
     return x0, t, x_t
