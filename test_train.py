@@ -105,6 +105,72 @@ def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float3
     assert capsys.readouterr().out.strip().startswith(f"val ELBO {last_eval} bits per character")
 
 
+def test_killed_run_resumes_as_the_straight_run(tiny_data, tmp_path):
+    """A run killed (SIGKILL) between checkpoints, with more log rows past its checkpoint than a
+    file buffer holds, then resumed, is the straight run: log.csv row for row (no repeated or cut
+    rows) and the weights bit for bit."""
+    cfg = {**TINY_RUN, "data_dir": tiny_data, "n_layer": 1, "block_size": 16, "max_iters": 800,
+           "eval_interval": 400, "log_interval": 1}
+    command = [sys.executable, "train.py", *[f"--{k}={v}" for k, v in cfg.items()]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # same threads; lines at once
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    start = lambda out_dir, *args, **kw: subprocess.Popen([*command, f"--out_dir={out_dir}", *args], cwd=HERE,
+                                                          env=env, **kw)
+    straight_run = start(straight, stdout=subprocess.DEVNULL)
+    with start(killed, stdout=subprocess.PIPE, text=True) as run:  # meanwhile, the same run, killed
+        for line in run.stdout:
+            if line.startswith("iter 650:"):  # 250 rows (10 KB) past the checkpoint at 400
+                run.kill()
+                break
+    assert straight_run.wait(timeout=300) == 0
+    assert params(killed)[1]["iter_num"] == 400 and int(log_rows(killed)[-1][0]) >= 649  # no row lost
+    assert start(killed, "--init_from=resume", stdout=subprocess.DEVNULL).wait(timeout=300) == 0
+    assert log_rows(killed) == log_rows(straight) and len(log_rows(straight)) == 800 + 3
+    assert torch.equal(params(killed)[0], params(straight)[0])
+
+
+def test_resume_from_a_checkpoint_between_evaluations(tiny_data, tmp_path, monkeypatch, float32):
+    """--ckpt_interval also checkpoints between evaluations. A run stopped after such a checkpoint
+    resumes there as the straight run, without an evaluation there, and its log drops the rows
+    past the checkpoint."""
+    def run(out_dir, **kw):
+        train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir),
+                     "max_iters": 8, "eval_interval": 4, "ckpt_interval": 3, "log_interval": 1, **kw})
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run(straight)
+    real_step = train.Trainer.step
+
+    def step(self):  # the process dies during iteration 8, after logging iteration 7
+        if self.iter_num == 7:
+            raise KeyboardInterrupt
+        return real_step(self)
+    monkeypatch.setattr(train.Trainer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        run(stopped)
+    monkeypatch.undo()
+    assert params(stopped)[1]["iter_num"] == 6 and log_rows(stopped)[-1][0] == "7"
+    run(stopped, init_from="resume")
+    rows = log_rows(straight)
+    assert rows == log_rows(stopped) and [r[0] for r in rows if r[3]] == ["0", "4", "8"]
+    assert torch.equal(params(straight)[0], params(stopped)[0])
+
+
+def test_damaged_checkpoint_ends_in_one_line(tiny_data, tmp_path, float32):
+    """A ckpt.pt cut short stops a resume with one line naming the file and the way on (the EMA
+    weights exported beside it can start a new run), and changes nothing."""
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path)}
+    train.train({**cfg, "max_iters": 0})  # a real checkpoint: the evaluation at iteration 0
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:4096])
+    before = {f: f.read_bytes() for f in tmp_path.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        train.train({**cfg, "init_from": "resume"})
+    assert isinstance(e.value.code, str) and "\n" not in e.value.code  # printed, exit status 1
+    assert f"{ckpt} is damaged (PytorchStreamReader failed reading zip archive" in e.value.code
+    assert e.value.code.endswith(f"in another --out_dir with --init_from=pretrained:{tmp_path}")
+    assert before == {f: f.read_bytes() for f in tmp_path.iterdir()}
+
+
 def test_finetune_from_pretrained(tiny_data, tmp_path, monkeypatch, float32):
     """--init_from=pretrained:DIR trains in train mode with the configured dropout (from_pretrained
     returns an eval-mode model with the checkpoint's rate), with the checkpoint's shape and noise

@@ -57,6 +57,7 @@ DEFAULTS = dict(
     out_dir="out",
     init_from="scratch",   # "scratch" | "resume" (out_dir/ckpt.pt) | "pretrained:<hub id or dir>"
     eval_interval=500,     # evaluate, print a sample and checkpoint every this many iterations
+    ckpt_interval=0,       # also checkpoint every this many iterations; 0: only at evaluations
     eval_only=False,       # evaluate the ELBO once (EMA weights) and exit
     eval_split="val",      # "val" or "test"
     eval_batches=8,        # sequences evaluated = eval_batches * batch_size, spread over the split; 0: all
@@ -176,6 +177,8 @@ def check_config(cfg):
                 "eval_n_t", "sample_steps", "n_layer", "n_head", "n_embd", "cond_dim"):
         if cfg[key] < 1:
             fail(f"--{key} must be at least 1, not {cfg[key]}")
+    if cfg["ckpt_interval"] < 0:
+        fail(f"--ckpt_interval must be 0 (checkpoint at evaluations only) or more, not {cfg['ckpt_interval']}")
     if cfg["n_embd"] % cfg["n_head"] or (cfg["n_embd"] // cfg["n_head"]) % 2:
         fail(f"--n_head={cfg['n_head']} must divide --n_embd={cfg['n_embd']} into heads of even size "
              f"(rotary embeddings rotate pairs)")
@@ -420,6 +423,27 @@ def save_atomic(obj, path):
     os.replace(tmp, path)  # a crash before this line leaves the previous file intact
 
 
+def trim_log(path, iter_num):
+    """Keep the rows of log.csv up to the checkpoint's iteration iter_num: a run killed after
+    it had logged further rows (the last perhaps cut in the middle) repeats those iterations when
+    it resumes, so its log then reads as the uninterrupted run's. Swapped in whole: a crash here
+    leaves the old log."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= iter_num]
+    with open(path + ".tmp", "w", newline="") as f:
+        csv.writer(f).writerows(rows[:1] + kept)
+    os.replace(path + ".tmp", path)
+
+
+def save_checkpoint(run, cfg, noise, rngs, elapsed, meta_dir):
+    """ckpt.pt to resume from, and beside it the EMA weights, which can start a new run should
+    ckpt.pt ever be lost."""
+    save_atomic(dict(run.state_dict(), config=cfg, noise=noise_config(noise) if noise else None, rng=rngs,
+                     elapsed=elapsed), os.path.join(cfg["out_dir"], "ckpt.pt"))
+    export(run.ema_model, cfg, noise, meta_dir)
+
+
 def export(ema_model, cfg, noise, meta_dir):
     """The EMA weights in the from_pretrained layout, plus meta.json for the tokenizer."""
     out = cfg["out_dir"]
@@ -444,7 +468,13 @@ def init_model(cfg, meta):
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
         if not os.path.exists(path):
             fail(f"init_from='resume' but {path} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a cut or corrupted file fails in many ways: zip, pickle, end of file
+            reason = str(e).split("\n")[0].split(". ")[0] or type(e).__name__  # not torch's advice after it
+            fail(f"{path} is damaged ({reason}); nothing was changed. The EMA weights exported with it "
+                 f"(config.json, pytorch_model.bin) can start a new run in another --out_dir with "
+                 f"--init_from=pretrained:{cfg['out_dir']}")
         changed = [f"{k}={ckpt['config'][k]} (not {cfg[k]})" for k in MODEL_KEYS if ckpt["config"][k] != cfg[k]]
         if changed:
             print(f"resuming the model of {path}: {', '.join(changed)}")
@@ -526,7 +556,10 @@ def train(cfg):
         os.makedirs(cfg["out_dir"], exist_ok=True)
         print(f"{model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding) on {device}, "
               f"{run.dtype}, {world} process(es), {tokens_per_iter:,} tokens per iteration")
-        log = open(os.path.join(cfg["out_dir"], "log.csv"), "a", newline="")
+        log_path = os.path.join(cfg["out_dir"], "log.csv")
+        if ckpt is not None and os.path.exists(log_path):
+            trim_log(log_path, run.iter_num)
+        log = open(log_path, "a", newline="", buffering=1)  # line-buffered: a killed run loses no row
         writer = csv.writer(log)
         if log.tell() == 0:
             writer.writerow(["iter", "train_bits_per_token", "lr", "tokens_per_s", "mfu", "val_bits_per_token", "val_se",
@@ -535,15 +568,17 @@ def train(cfg):
     can_plot = importlib.util.find_spec("matplotlib") is not None
     if not can_plot and master:
         print("note: pip install matplotlib to get loss.png, the loss curves, in out_dir at each evaluation")
-    resumed_at = run.iter_num if ckpt is not None else None  # that evaluation and checkpoint are done
+    resumed_at = run.iter_num if ckpt is not None else None  # checkpointed there, after any evaluation
     t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
     start = t_last - (ckpt["elapsed"] if ckpt is not None else 0.0)  # the run's wall time goes on
 
     while True:
         it = run.iter_num
-        if (it % cfg["eval_interval"] == 0 or it == cfg["max_iters"]) and it != resumed_at:
+        evaluating = (it % cfg["eval_interval"] == 0 or it == cfg["max_iters"]) and it != resumed_at
+        saving = evaluating or (cfg["ckpt_interval"] and it % cfg["ckpt_interval"] == 0 and it != resumed_at)
+        if saving:
             rngs = gather(rng_state(device), ddp, world)  # before any evaluation draws
-            if master:
+            if master and evaluating:
                 result = evaluate(run.ema_model, graph, noise, eval_data, cfg, device, run.ctx)
                 print(f"iter {it}: {report(result, meta, 'val')}")
                 with fork_rng(device):
@@ -556,14 +591,11 @@ def train(cfg):
                 print(f"sample: {text[:300]!r}")
                 elapsed = time.perf_counter() - start
                 writer.writerow([it, "", "", "", "", f"{result['bits']:.5f}", f"{result['bits_se']:.5f}", f"{elapsed:.1f}"])
-                log.flush()
-                save_atomic(dict(run.state_dict(), config=cfg, noise=noise_config(noise) if noise else None,
-                                 rng=rngs, elapsed=elapsed),
-                            os.path.join(cfg["out_dir"], "ckpt.pt"))
-                export(run.ema_model, cfg, noise, eval_data.dir)
                 if can_plot:
                     plot_losses(cfg["out_dir"], tokens_per_iter, meta, cfg["block_size"])
-            t_last, it_last = time.perf_counter(), it  # the evaluation is not training time
+            if master:  # after the log rows up to `it`, which the line-buffered log has saved
+                save_checkpoint(run, cfg, noise, rngs, time.perf_counter() - start, eval_data.dir)
+            t_last, it_last = time.perf_counter(), it  # evaluations and checkpoints are not training time
         if it >= cfg["max_iters"]:
             break
 
