@@ -7,8 +7,8 @@
     python bench.py --help                           # bench.py's settings
 
 - Peak FLOP/s (MFU's denominator): on CPU a measured 2048^3 matmul in float32 and in bfloat16,
-  median of 10 (train.peak_flops, which train.py's MFU uses too); on CUDA the vendor's dense
-  bf16 figure.
+  the fastest of 10 timings (device.peak_flops, which train.py's MFU uses too); on CUDA the
+  vendor's dense bf16 figure.
 - Training: train.py's own step (train.Trainer.step: draw_step's batch, forward + loss_fn,
   backward, clipping, AdamW, EMA with its warm-up) of a fresh model per variant: float32 or bf16
   autocast, eager or torch.compile.
@@ -16,9 +16,9 @@
   machine hits all alike; tokens/s are medians over rounds, speed-ups medians of the per-round
   ratios to float32 eager. MFU = estimate_flops_per_token() * tokens/s / peak of its dtype.
   Memory: per variant on CUDA; on CPU the peak resident set of the whole process.
-- Sampling: sampling.sample of the config's model, Tweedie at sample_steps x block_size steps and
-  (absorbing graph) first hitting, or the twin's left-to-right sampler: tokens/s and network
-  evaluations/s.
+- Sampling: sampling.sample of the config's model, Tweedie tau-leaping at sample_steps x
+  block_size steps and (absorbing graph) first hitting, or the twin's left-to-right sampler:
+  tokens/s and network evaluations/s.
 - Quality (--quality_iters=N): train.train N steps from the same seed in float32 eager and in
   train.py's path for the config, then the val ELBO of both (EMA weights, evaluation.evaluate in
   float32, the same t and x_t) and their difference.
@@ -34,13 +34,15 @@ from contextlib import nullcontext, redirect_stdout
 
 import torch
 
+import checkpoint
 import evaluation
 import train
+from configurator import load_config, set_key, settings_help
+from device import draw_dtype, peak_flops, pick_compile, pick_device, pick_dtype
 from graph import get_graph
-from model import SEDD, pick_device
 from noise import get_noise
-from prepare import fail, load_meta
-from sampling import draw_dtype, sample, sample_ar
+from prepare import Data, fail, load_meta
+from sampling import sample, sample_ar
 
 BENCH = dict(
     variants="fp32,bf16,fp32_compile,bf16_compile",  # any of these, comma-separated
@@ -55,7 +57,7 @@ BENCH = dict(
 
 
 def split_args(argv):
-    """bench.py's own --key=value arguments (BENCH), and the rest for train.load_config."""
+    """bench.py's own --key=value arguments (BENCH), and the rest for configurator.load_config."""
     bench, rest = dict(BENCH), []
     for arg in argv:
         key, eq, text = arg[2:].partition("=")
@@ -63,12 +65,12 @@ def split_args(argv):
             rest.append(arg)
             continue
         value = text
-        if not isinstance(BENCH[key], str):  # as train.load_config: a Python literal
+        if not isinstance(BENCH[key], str):  # as configurator.load_config: a Python literal
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 pass
-        train.set_key(bench, key, value, arg)
+        set_key(bench, key, value, arg)
     return bench, rest
 
 
@@ -95,16 +97,10 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_training(cfg, bench, device, graph, noise, peaks):
-    data = train.Data(cfg, "train")
-    L = cfg["block_size"]
-    tokens = cfg["batch_size"] * cfg["gradient_accumulation_steps"] * L
-    flops = build_model(cfg, graph).estimate_flops_per_token()
-    path = (train.pick_dtype(cfg["dtype"], device), train.pick_compile(cfg["compile"], device))
-    print(f"\ntraining: {tokens:,} tokens per step (batch {cfg['batch_size']} x {cfg['gradient_accumulation_steps']} "
-          f"x {L}), {flops / 1e6:.1f} MFLOP per token; {bench['rounds']} rounds of {bench['window']} step(s) per "
-          "variant, round-robin; medians")
-    steps, info, memory = {}, {}, {}
+def warm_up_variants(cfg, bench, data, graph, noise, device, peaks):
+    """Each variant named in bench["variants"] built on a fresh model and warmed up: {name: (step,
+    state_bytes)} (make_step), and a note per variant: its warm-up time, or why it was skipped or failed."""
+    variants, info = {}, {}
     for name in bench["variants"].split(","):
         dtype = torch.bfloat16 if name.startswith("bf16") else torch.float32
         if dtype not in peaks:
@@ -116,14 +112,20 @@ def bench_training(cfg, bench, device, graph, noise, peaks):
             for _ in range(bench["warmup"]):
                 step()
             sync(device)
-            steps[name], memory[name] = step, 0
+            variants[name] = step, state_bytes
             info[name] = f"warm-up {time.perf_counter() - start:.1f}s"
         except Exception as e:  # e.g. torch.compile without a working C++ compiler
             first_line = (str(e).strip().splitlines() or [""])[0][:100]
             info[name] = f"failed: {type(e).__name__}: {first_line}"
-    times = {name: [] for name in steps}
+    return variants, info
+
+
+def time_round_robin(variants, bench, device):
+    """Seconds of each variant's window of bench["window"] steps in each of bench["rounds"] rounds
+    (one window of every variant per round), and on CUDA each variant's peak memory."""
+    times, memory = {name: [] for name in variants}, dict.fromkeys(variants, 0)
     for _ in range(bench["rounds"]):
-        for name, step in steps.items():
+        for name, (step, state_bytes) in variants.items():
             sync(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -134,11 +136,27 @@ def bench_training(cfg, bench, device, graph, noise, peaks):
             sync(device)
             times[name].append(time.perf_counter() - start)
             if device.type == "cuda":  # this variant's own state + its peak above what was resident
-                memory[name] = max(memory[name], state_bytes() + torch.cuda.max_memory_allocated(device) - resident)
+                peak = torch.cuda.max_memory_allocated(device) - resident
+                memory[name] = max(memory[name], state_bytes() + peak)
+    return times, memory
+
+
+def bench_training(cfg, bench, device, graph, noise, peaks):
+    """The training table: tokens/s, speed-up over fp32, MFU and memory of each variant."""
+    data = Data(cfg, "train")
+    L = cfg["block_size"]
+    tokens = cfg["batch_size"] * cfg["gradient_accumulation_steps"] * L
+    flops = build_model(cfg, graph).estimate_flops_per_token()
+    path = (pick_dtype(cfg["dtype"], device), pick_compile(cfg["compile"], device))
+    print(f"\ntraining: {tokens:,} tokens per step (batch {cfg['batch_size']} x {cfg['gradient_accumulation_steps']} "
+          f"x {L}), {flops / 1e6:.1f} MFLOP per token; {bench['rounds']} rounds of {bench['window']} step(s) per "
+          "variant, round-robin; medians")
+    variants, info = warm_up_variants(cfg, bench, data, graph, noise, device, peaks)
+    times, memory = time_round_robin(variants, bench, device)
     base = times.get("fp32")
     print(f"{'variant':<14}{'tokens/s':>10}{'vs fp32':>9}{'MFU':>8}{'peak mem':>11}  notes")
     for name in info:
-        if name not in steps:
+        if name not in variants:
             print(f"{name:<14}{'-':>10}{'':>9}{'':>8}{'':>11}  {info[name]}")
             continue
         dtype = torch.bfloat16 if name.startswith("bf16") else torch.float32
@@ -159,7 +177,7 @@ def bench_training(cfg, bench, device, graph, noise, peaks):
 
 def bench_sampling(cfg, bench, device, graph, noise):
     B, L = bench["sample_batch"], cfg["block_size"]
-    dtype, draws = train.pick_dtype(cfg["dtype"], device), draw_dtype(device)
+    dtype, draws = pick_dtype(cfg["dtype"], device), draw_dtype(device)
     ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     model = build_model(cfg, graph, dropout=0.0).to(device).eval()
     print(f"\nsampling: batch {B} x {L} tokens, {str(dtype)[6:]}, eager, untrained weights (a sampler's cost "
@@ -189,10 +207,10 @@ def bench_sampling(cfg, bench, device, graph, noise):
 
 def check_quality(cfg, iters, device, graph, noise):
     """Val ELBO after `iters` train.py steps: float32 eager vs train.py's path, same seed and eval."""
-    dtype, compiled = train.pick_dtype(cfg["dtype"], device), train.pick_compile(cfg["compile"], device)
+    dtype, compiled = pick_dtype(cfg["dtype"], device), pick_compile(cfg["compile"], device)
     runs = {"float32 eager": dict(dtype="float32", compile=False),
             f"train.py's path ({str(dtype)[6:]}{', compiled' if compiled else ', eager'})": dict()}
-    eval_data = train.Data(cfg, "val")
+    eval_data = Data(cfg, "val")
     unit = "bits per character" if eval_data.meta["tokenizer"] == "chars" else "bits per token"
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,8 +225,10 @@ def check_quality(cfg, iters, device, graph, noise):
                 except BaseException:
                     sys.stdout.write(log.getvalue())
                     raise
-            model = SEDD.from_pretrained(out).to(device)  # the EMA weights, as train.py exports them
-            results[name] = evaluation.evaluate(model, graph, noise, eval_data, cfg, device, nullcontext())
+            model = checkpoint.load(out)[0].to(device)  # the EMA weights, as train.py exports them
+            n_seqs = cfg["eval_batches"] * cfg["batch_size"]
+            results[name] = evaluation.evaluate(model, graph, noise, eval_data, n_seqs, cfg["batch_size"],
+                                                cfg["eval_n_t"], cfg["seed"], device, nullcontext())
             print(f"{name:<36} val ELBO {results[name]['bits']:.4f} +- {results[name]['bits_se']:.4f} {unit} "
                   f"({time.perf_counter() - start:.0f}s)")
     (a, b) = results.values()
@@ -216,10 +236,23 @@ def check_quality(cfg, iters, device, graph, noise):
           f"({cfg['eval_n_t']} per sequence) for both, evaluated in float32")
 
 
+def measure_peaks(device):
+    """{dtype: peak FLOP/s} (device.peak_flops) of float32 and, where train.py would use it, bfloat16;
+    printed."""
+    peaks = {torch.float32: peak_flops(device, torch.float32, repeats=10)}
+    if pick_dtype("auto", device) == torch.bfloat16:
+        peaks[torch.bfloat16] = peak_flops(device, torch.bfloat16, repeats=10)
+    what = ("vendor dense bf16 figure, used for every dtype" if device.type == "cuda" else
+            "measured 2048^3 matmul, fastest of 10")
+    print("peak FLOP/s (" + what + "): "
+          + ", ".join(f"{str(k)[6:]} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()))
+    return peaks
+
+
 def main(argv):
     if "-h" in argv or "--help" in argv:
         print(__doc__ + "\nbench.py's own settings (any other --key=value is train.py's: python train.py --help):\n"
-              + train.settings_help(__file__, "BENCH"))
+              + settings_help(__file__, "BENCH"))
         raise SystemExit(0)
     bench, rest = split_args(argv)
     if all(arg.startswith("--") for arg in rest):  # no config file named: the default one
@@ -227,7 +260,7 @@ def main(argv):
     for name in bench["variants"].split(","):
         if name not in BENCH["variants"].split(","):
             fail(f"unknown variant {name!r}; choose from {BENCH['variants']}")
-    cfg = train.load_config(rest)
+    cfg = load_config(rest)
     try:
         device = pick_device(cfg["device"])
         meta = load_meta(os.path.join(cfg["data_dir"], cfg["dataset"]))
@@ -239,11 +272,7 @@ def main(argv):
           f"{cfg['n_head']} heads, length {cfg['block_size']}; {model.num_params():,} parameters; device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
              f", {torch.get_num_threads()} threads") + f"; torch {torch.__version__}")
-    peaks = {torch.float32: train.peak_flops(device, torch.float32, repeats=10)}
-    if train.pick_dtype("auto", device) == torch.bfloat16:
-        peaks[torch.bfloat16] = train.peak_flops(device, torch.bfloat16, repeats=10)
-    what = "vendor dense bf16 figure, used for every dtype" if device.type == "cuda" else "measured 2048^3 matmul, median of 10"
-    print("peak FLOP/s (" + what + "): " + ", ".join(f"{str(k)[6:]} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()))
+    peaks = measure_peaks(device)
     start = time.perf_counter()
     bench_training(cfg, bench, device, graph, noise, peaks)
     print(f"({time.perf_counter() - start:.0f}s)")

@@ -13,12 +13,13 @@ below is what diffusion changes. Three claims of the paper, each on text8's vali
    the ELBO of Theorem 3.6) and the twin (exact), on the same windows, with the wall time of
    each training run; character n-gram models (add-0.1 counts of the training split) for scale.
 2. Samples against compute (Figure 1; SEDD Uniform as in Figure 2): SEDD Absorb samples at
-   several numbers of Tweedie steps (one network evaluation each; Euler is the same law for
-   absorbing + log-linear noise) and by first hitting (exact, one evaluation per character), SEDD
-   Uniform at one step per character, against the twin's samples at temperature 1 and with nucleus
-   sampling (one evaluation per character), scored by generative perplexity under a judge twin
-   (per character), unigram entropy and the share of real words. The judge scores its own samples
-   too: those get an edge (at temperature 1 their expected score is the judge's own entropy).
+   several numbers of Tweedie tau-leaping steps (one network evaluation each; Euler is the same
+   law for absorbing + log-linear noise) and by first hitting (exact, one evaluation per
+   character), SEDD Uniform at one step per character, against the twin's samples at
+   temperature 1 and with nucleus sampling (one evaluation per character), scored by generative
+   perplexity under a judge twin (per character), unigram entropy and the share of real words.
+   The judge scores its own samples too: those get an edge (at temperature 1 their expected
+   score is the judge's own entropy).
 3. Infilling (Table 5): held-out windows with a middle span removed; SEDD fills it seeing the
    prefix and the suffix (first hitting: the exact conditional for its score), the twin
    continues the prefix (it cannot see a suffix); the whole window is then scored the same way.
@@ -35,31 +36,27 @@ import time
 import numpy as np
 import torch
 
+import checkpoint
 import evaluation
-import train
-from graph import get_graph
-from model import SEDD, pick_device
-from noise import noise_from_config
-from prepare import fail, get_tokenizer, load_meta
+from device import pick_device
 from evaluation import dataset_words, real_word_rate, twin_perplexity, unigram_entropy
+from prepare import Data, fail, get_tokenizer, load_meta
 from sampling import sample, sample_ar
 
 
-def load_run(out_dir):
-    """A training output directory: its EMA model, graph and noise (None for the twin), the run's
-    config, and its wall time and final val figure from log.csv."""
+def load_run(out_dir, device):
+    """A training output directory: its EMA model (moved to `device`), graph and noise (None for
+    the twin), dataset meta and the run's config, and its wall time and iterations from log.csv."""
     try:
-        model = SEDD.from_pretrained(out_dir)
+        model, graph, noise, meta = checkpoint.load(out_dir)
         cfg = torch.load(os.path.join(out_dir, "ckpt.pt"), map_location="cpu", weights_only=False)["config"]
     except (OSError, ValueError, RuntimeError) as e:
         fail(f"{e} (train it first: see python compare.py --help)")
-    meta = load_meta(out_dir)
-    graph = None if cfg["ar"] else get_graph(cfg["graph"], meta["n_tokens"])
-    noise = None if cfg["ar"] else noise_from_config(model.noise_config)
     with open(os.path.join(out_dir, "log.csv")) as f:
         rows = [r for r in csv.DictReader(f) if r["val_bits_per_token"]]
-    return dict(model=model, graph=graph, noise=noise, cfg=cfg, meta=meta, name=os.path.basename(out_dir.rstrip("/")),
-                minutes=float(rows[-1]["elapsed_s"]) / 60, iters=int(rows[-1]["iter"]))
+    return dict(model=model.to(device), graph=graph, noise=noise, cfg=cfg, meta=meta,
+                name=os.path.basename(out_dir.rstrip("/")), minutes=float(rows[-1]["elapsed_s"]) / 60,
+                iters=int(rows[-1]["iter"]))
 
 
 def ngram_bits(data_dir, n, k=0.1):
@@ -90,10 +87,13 @@ def score(texts, token_rows, judge, vocabulary, device):
                 words=real_words(texts, vocabulary))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv):
+    """The settings of the three experiments (--help prints this module's docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--absorb", default="out/text8_tiny")
-    parser.add_argument("--uniform", default="out/text8_tiny_uniform", help="SEDD Uniform ('' to leave it out)")
+    parser.add_argument("--uniform", default="out/text8_tiny_uniform",
+                        help="SEDD Uniform ('' to leave it out)")
     parser.add_argument("--ar", default="out/text8_tiny_ar")
     parser.add_argument("--judge", help="the judge twin (default: --ar)")
     parser.add_argument("--data", default="data/text8")
@@ -103,89 +103,101 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=32, help="samples per setting")
     parser.add_argument("--steps", default="16,32,64,128,256,1024", help="SEDD sampling steps")
     parser.add_argument("--top_p", type=float, default=0.9, help="the twin's nucleus setting")
-    parser.add_argument("--span", type=int, default=64, help="characters removed from the middle for infilling")
+    parser.add_argument("--span", type=int, default=64,
+                        help="characters removed from the middle for infilling")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    judge = args.judge or args.ar
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        fail(e)
-    runs = {name: load_run(d) for name, d in (("SEDD Absorb", args.absorb), ("SEDD Uniform", args.uniform),
-                                               ("autoregressive twin", args.ar)) if d}
-    absorb, twin = runs["SEDD Absorb"], runs["autoregressive twin"]
-    cfg = absorb["cfg"]
-    L, ctx = cfg["block_size"], contextlib.nullcontext()
-    os.makedirs(args.out, exist_ok=True)
-    data = train.Data({**cfg, "data_dir": os.path.dirname(args.data.rstrip("/")),
-                       "dataset": os.path.basename(args.data.rstrip("/"))}, "val")
-    lines = [f"# SEDD beside its autoregressive twin ({data.meta['name']}, val split)", "",
-             f"Command: `{' '.join(['python compare.py', *(sys.argv[1:] if argv is None else argv)])}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
-             f"judge {judge}; device {device}, torch {torch.__version__}.", ""]
+    return parser.parse_args(argv)
 
-    # 1. likelihood, on the same val windows for every model
-    lines += ["## Likelihood", "", "| model | val bits per character | steps | training wall time |", "|---|---|---|---|"]
+
+def likelihood(args, runs, data, device):
+    """Claim 1 (Table 2): each model's val bits per character on the same windows (SEDD: the ELBO,
+    an upper bound; the twin: exact), then character n-gram models for scale. Table lines."""
+    lines = ["## Likelihood", "", "| model | val bits per character | steps | training wall time |",
+             "|---|---|---|---|"]
     for name, run in runs.items():
-        eval_cfg = {**run["cfg"], "eval_batches": args.eval_seqs // run["cfg"]["batch_size"], "eval_n_t": args.eval_n_t}
-        result = evaluation.evaluate(run["model"].to(device), run["graph"], run["noise"], data, eval_cfg, device, ctx)
+        batch_size = run["cfg"]["batch_size"]
+        n_seqs = args.eval_seqs // batch_size * batch_size  # whole batches of the run's size
+        result = evaluation.evaluate(run["model"], run["graph"], run["noise"], data, n_seqs, batch_size,
+                                     args.eval_n_t, run["cfg"]["seed"], device, contextlib.nullcontext())
         kind = "<=" if run["graph"] is not None else "="
-        lines.append(f"| {name} | {kind} {result['bits']:.3f} +- {result['bits_se']:.3f} | {run['iters']:,} | "
-                     f"{run['minutes']:.1f} min |")
+        lines.append(f"| {name} | {kind} {result['bits']:.3f} +- {result['bits_se']:.3f} | "
+                     f"{run['iters']:,} | {run['minutes']:.1f} min |")
         print(lines[-1], flush=True)
     for n in (3, 4, 5):
         start = time.perf_counter()
         bits = ngram_bits(args.data, n)
-        lines.append(f"| character {n}-gram (add-0.1) | = {bits:.3f} (whole val split) | - | {time.perf_counter() - start:.0f} s |")
+        lines.append(f"| character {n}-gram (add-0.1) | = {bits:.3f} (whole val split) | - | "
+                     f"{time.perf_counter() - start:.0f} s |")
         print(lines[-1], flush=True)
+    return lines
 
-    # 2. samples against compute
-    vocabulary = set(dataset_words(args.data))
-    _, decode = get_tokenizer(absorb["meta"])
-    shape = (args.samples, L)
-    samplers = {f"SEDD Absorb {steps} steps": lambda stats, steps=steps: sample(
+
+def samplers(args, runs, shape, device):
+    """{label: draw(stats) -> samples} for claim 2: SEDD Absorb by Tweedie tau-leaping at each of
+    --steps and by first hitting, SEDD Uniform at one step per character, the twin at temperature
+    1 and with nucleus sampling."""
+    absorb, twin, L = runs["SEDD Absorb"], runs["autoregressive twin"], shape[1]
+    draws = {f"SEDD Absorb {steps} steps": lambda stats, steps=steps: sample(
         absorb["model"], absorb["graph"], absorb["noise"], shape, steps, device=device, stats=stats)
         for steps in [int(s) for s in args.steps.split(",")]}
-    samplers["SEDD Absorb first hitting (exact)"] = lambda stats: sample(
-        absorb["model"], absorb["graph"], absorb["noise"], shape, None, "first_hitting", device=device, stats=stats)
+    draws["SEDD Absorb first hitting (exact)"] = lambda stats: sample(
+        absorb["model"], absorb["graph"], absorb["noise"], shape, None, "first_hitting", device=device,
+        stats=stats)
     if "SEDD Uniform" in runs:  # as many steps as characters: the compute of first hitting and the twin
         uniform = runs["SEDD Uniform"]
-        samplers[f"SEDD Uniform {L} steps"] = lambda stats: sample(
+        draws[f"SEDD Uniform {L} steps"] = lambda stats: sample(
             uniform["model"], uniform["graph"], uniform["noise"], shape, L, device=device, stats=stats)
     for top_p in (1.0, args.top_p):
         label = "twin, temperature 1" if top_p == 1 else f"twin, nucleus {top_p}"
-        samplers[label] = lambda stats, top_p=top_p: sample_ar(twin["model"].to(device), shape, top_p=top_p,
-                                                                device=device, stats=stats)
-    points = []  # (label, network evaluations per sample, seconds for all samples, scores)
-    for label, draw in samplers.items():
+        draws[label] = lambda stats, top_p=top_p: sample_ar(twin["model"], shape, top_p=top_p, device=device,
+                                                             stats=stats)
+    return draws
+
+
+def samples_against_compute(args, runs, windows, judge, vocabulary, decode, device):
+    """Claim 2 (Figure 1): each sampler's samples, from the same seed, scored by the judge, against
+    their network evaluations; held-out windows scored the same way for scale. Returns the table
+    lines and the points (label, network evaluations per sample, seconds, scores) for the plot."""
+    L = runs["SEDD Absorb"]["cfg"]["block_size"]
+    points = []
+    for label, draw in samplers(args, runs, (args.samples, L), device).items():
         torch.manual_seed(args.seed)
         stats, start = {}, time.perf_counter()
         x = draw(stats)
         seconds = time.perf_counter() - start
-        points.append((label, stats["network_evals"], seconds, score([decode(r) for r in x.tolist()], x, judge,
-                                                                     vocabulary, device)))
+        points.append((label, stats["network_evals"], seconds,
+                       score([decode(r) for r in x.tolist()], x, judge, vocabulary, device)))
         print(points[-1], flush=True)
-    lines += ["", f"## Samples against compute ({args.samples} samples of {L} characters each)", "",
-              "| sampler | network evaluations | seconds | judge perplexity per character | unigram entropy (nats) "
-              "| real words |", "|---|---|---|---|---|---|"]
+    lines = ["", f"## Samples against compute ({args.samples} samples of {L} characters each)", "",
+             "| sampler | network evaluations | seconds | judge perplexity per character "
+             "| unigram entropy (nats) | real words |", "|---|---|---|---|---|---|"]
     lines += [f"| {label} | {evals} | {sec:.0f} | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |"
               for label, evals, sec, s in points]
-    windows = data.eval_batches(args.samples, args.samples)[0]  # held-out text, evenly spread over val
     s = score([decode(w.tolist()) for w in windows], windows, judge, vocabulary, device)
     lines.append(f"| real val text | - | - | {s['ppl']:.2f} | {s['entropy']:.3f} | {s['words']:.1%} |")
+    return lines, points
 
-    # 3. infilling: the middle span of the same held-out windows
+
+def infilling(args, runs, windows, judge, vocabulary, decode, device):
+    """Claim 3 (Table 5): the middle --span characters of held-out windows removed; SEDD Absorb
+    fills them seeing both sides (first hitting), the twin continues the prefix; every window is
+    then scored whole by the judge, the span by its real words. Table lines."""
+    absorb, twin, L = runs["SEDD Absorb"], runs["autoregressive twin"], windows.shape[1]
     lo, hi = (L - args.span) // 2, (L + args.span) // 2
     torch.manual_seed(args.seed)
-    given = [i for i in range(L) if not lo <= i < hi]  # first hitting: one network call per missing character
-    filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), None, "first_hitting",
-                                 prompt={i: int(w[i]) for i in given}, device=device)[0] for w in windows])
+    given = [i for i in range(L) if not lo <= i < hi]  # first hitting: one network call per missing one
+    filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), None,
+                                 "first_hitting", prompt={i: int(w[i]) for i in given}, device=device)[0]
+                          for w in windows])
     torch.manual_seed(args.seed)
-    continued = windows.clone()  # the twin's span after the true prefix, then the true suffix it could not see
+    continued = windows.clone()  # the twin's span after the true prefix, then the true suffix it cannot see
     for row, w in zip(continued, windows):
-        row[:hi] = sample_ar(twin["model"], (1, hi), prompt={i: int(w[i]) for i in range(lo)}, device=device)[0]
-    lines += ["", f"## Infilling ({args.samples} val windows, characters {lo}-{hi - 1} removed)", "",
-              "| model | sees | judge perplexity per character of the window | real words in the span |", "|---|---|---|---|"]
+        prefix = {i: int(w[i]) for i in range(lo)}
+        row[:hi] = sample_ar(twin["model"], (1, hi), prompt=prefix, device=device)[0]
+    lines = ["", f"## Infilling ({args.samples} val windows, characters {lo}-{hi - 1} removed)", "",
+             "| model | sees | judge perplexity per character of the window | real words in the span |",
+             "|---|---|---|---|"]
     for label, sees, x in (("SEDD Absorb, first hitting", "prefix + suffix", filled),
                            ("autoregressive twin", "prefix", continued), ("the removed text", "-", windows)):
         texts = [decode(r) for r in x.tolist()]
@@ -193,7 +205,31 @@ def main(argv=None):
         lines.append(f"| {label} | {sees} | {twin_perplexity(texts, judge, device=device):.2f} | "
                      f"{real_words(spans, vocabulary):.1%} |")
         print(lines[-1], flush=True)
-    lines += ["", "Sample (first window, SEDD):", "", "    " + decode(filled[0].tolist()), ""]
+    return lines + ["", "Sample (first window, SEDD):", "", "    " + decode(filled[0].tolist()), ""]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    judge = args.judge or args.ar
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        fail(e)
+    dirs = {"SEDD Absorb": args.absorb, "SEDD Uniform": args.uniform, "autoregressive twin": args.ar}
+    runs = {name: load_run(out_dir, device) for name, out_dir in dirs.items() if out_dir}
+    os.makedirs(args.out, exist_ok=True)
+    data_dir, dataset = os.path.split(args.data.rstrip("/"))
+    data = Data({**runs["SEDD Absorb"]["cfg"], "data_dir": data_dir, "dataset": dataset}, "val")
+    command = " ".join(["python compare.py", *(sys.argv[1:] if argv is None else argv)])
+    lines = [f"# SEDD beside its autoregressive twin ({data.meta['name']}, val split)", "",
+             f"Command: `{command}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
+             f"judge {judge}; device {device}, torch {torch.__version__}.", ""]
+    lines += likelihood(args, runs, data, device)
+    vocabulary = set(dataset_words(args.data))
+    _, decode = get_tokenizer(runs["SEDD Absorb"]["meta"])
+    windows = data.eval_batches(args.samples, args.samples)[0]  # held-out text, evenly spread over val
+    table, points = samples_against_compute(args, runs, windows, judge, vocabulary, decode, device)
+    lines += table + infilling(args, runs, windows, judge, vocabulary, decode, device)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(points, judge, os.path.join(args.out, "samples_vs_compute.png"))

@@ -1,8 +1,10 @@
 """pytest's setup for this folder: shared fixtures, the `cuda` marker, the exercises' stubs.
 
-- The test files compute in float64 by default; a test that builds a model takes `float32`,
-  the default dtype of models and training, restored after the test. `gpt2_bpe` is an offline
-  stand-in for GPT-2's BPE; `tiny_data` a small character corpus prepared once per test file.
+- Tests compute in float64 (the autouse fixture `float64`); a test that builds a model takes
+  `float32` instead, the default dtype of models and training. The dtype is restored after each
+  test, and no test file sets it on import, so files run alone as in the whole suite. `gpt2_bpe`
+  is an offline stand-in for GPT-2's BPE; `tiny_data` a small character corpus prepared once per
+  test file.
 - Tests that need a CUDA GPU carry @pytest.mark.cuda; `python -m pytest -m cuda` runs exactly
   them, and elsewhere they skip, saying why.
 - EXERCISES.md names, for each coding exercise, the functions a student writes. With
@@ -23,12 +25,17 @@ import prepare
 import wrong_answers
 
 
-@pytest.fixture
-def float32():
+@pytest.fixture(autouse=True)
+def float64():
     old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
+    torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def float32(float64):  # after float64, whose teardown restores the dtype
+    torch.set_default_dtype(torch.float32)
 
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

@@ -11,8 +11,12 @@ trained autoregressive twin (the laptop-scale judge); unigram_entropy exposes sa
 flatter a judge by repetition; for character-level models real_word_rate is the plainer
 reading: the share of sampled words that occur in the training text.
 
+Over training: Log writes a run's log.csv, plot_losses draws it (the training loss and the
+validation bound).
+
 train.py, sampling.py, bench.py and compare.py call these; nothing here trains or samples.
 """
+import csv
 import math
 import os
 import statistics
@@ -20,40 +24,38 @@ import statistics
 import numpy as np
 import torch
 
+import checkpoint
+from device import fork_rng
 from loss import ar_nll, bits_per_token, elbo, perplexity, prior_loss
-from model import SEDD
 from prepare import get_tokenizer, gpt2_encoding, load_meta
 
 
 # -----------------------------------------------------------------------------
 # likelihood
 
-def fork_rng(device):
-    """The process's generators (CPU and the device's) restored after the block: evaluations and
-    samples draw from their own seeds without moving the training's dropout stream."""
-    if device.type == "cpu":
-        return torch.random.fork_rng(devices=[])
-    return torch.random.fork_rng(devices=[device], device_type=device.type)
-
-
 @torch.no_grad()
-def evaluate(model, graph, noise, data, cfg, device, ctx):
+def evaluate(model, graph, noise, data, n_seqs, batch_size, n_t, seed, device, ctx):
     """ELBO (Thm 3.6) of fixed evaluation windows: mean and standard error across sequences.
     For the autoregressive twin (graph None) the exact NLL instead, with no prior term.
+
+    data: a train.Data split; its fixed windows of data.L tokens (data.eval_batches), the first
+    n_seqs of them (n_seqs <= 0: all), in batches of batch_size. n_t: stratified t per sequence
+    (elbo). seed: of the draws of t and x_t, made in forked generators, so the caller's stream
+    does not move. ctx: the autocast context (or a nullcontext) of the forward passes.
 
     The standard error is std / sqrt(n) over the per-sequence estimates, so it covers both the
     data and the Monte Carlo noise of t and x_t; the latter grows like log(1 / t_min) near
     t = 0, which the stratified t of elbo() keeps in check. Mean and std are taken in Python
     floats, so a device without float64 (Apple's MPS) needs none."""
     with fork_rng(device):
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(seed)
         nats = []
-        for x in data.eval_batches(cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"]):
+        for x in data.eval_batches(n_seqs, batch_size):
             with ctx:
                 x = x.to(device)
-                nats += (ar_nll(model, x, model.config.vocab_size - 1) if graph is None else
-                         elbo(model, graph, noise, x, n_t=cfg["eval_n_t"])).tolist()
-    L = cfg["block_size"]
+                nats += (ar_nll(model, x, model.bos) if graph is None else
+                         elbo(model, graph, noise, x, n_t=n_t)).tolist()
+    L = data.L
     mean = statistics.fmean(nats)
     se = statistics.stdev(nats) / math.sqrt(len(nats)) if len(nats) > 1 else float("nan")
     return dict(nats=mean, se=se, bits=bits_per_token(mean, L), bits_se=bits_per_token(se, L), length=L,
@@ -137,15 +139,16 @@ def twin_perplexity(texts, judge_dir, device="cpu"):
     the laptop-scale stand-in for the paper's GPT-2 large judge: exp of the mean NLL per token
     over all texts, every token scored (the first from BOS), each text tokenised with the
     twin's own meta.json."""
-    judge = SEDD.from_pretrained(judge_dir).to(device)
+    judge, _, _, meta = checkpoint.load(judge_dir)
+    judge = judge.to(device)
     if not judge.config.causal:
         raise ValueError(f"{judge_dir} holds a diffusion model; a judge must be an autoregressive twin "
                          f"(train.py --ar=True, e.g. config/text8_tiny_ar.py)")
-    encode, _ = get_tokenizer(load_meta(judge_dir))
+    encode, _ = get_tokenizer(meta)
     nll, count = 0.0, 0
     for text in texts:
         ids = torch.tensor([encode(text)], device=device)
-        nll += ar_nll(judge, ids, judge.config.vocab_size - 1).item()
+        nll += ar_nll(judge, ids, judge.bos).item()
         count += ids.shape[1]
     return math.exp(nll / count)
 
@@ -167,8 +170,8 @@ def unigram_entropy(token_ids):
 
 
 def dataset_words(data_dir, split="train"):
-    """The space-separated words of a split of a character-level dataset (prepare.py), in order:
-    the training split of the 74M-character text8 copy has 11.3M words, 201,810 distinct (10 s, 1.2 GB)."""
+    """The space-separated words of a split of a character-level dataset (prepare.py), in order,
+    all held in memory at once."""
     meta = load_meta(data_dir)
     if meta["tokenizer"] != "chars":
         raise ValueError(f"{data_dir} is tokenized with {meta['tokenizer']!r}; real words are counted "
@@ -181,10 +184,68 @@ def dataset_words(data_dir, split="train"):
 def real_word_rate(texts, vocabulary):
     """The fraction of the samples' words found in `vocabulary`, e.g. set(dataset_words(...)):
     sample quality of a character-level model read directly, where a judge LM does not apply.
-    Each sample's first and last word are not counted, since the window may cut them. For scale,
-    98.7% of text8's validation words occur in its training text (README)."""
+    Each sample's first and last word are not counted, since the window may cut them. Real text
+    falls short of 100% too (validation words the training text lacks): for scale, score held-out
+    text the same way (compare.py's "real val text" row)."""
     words = [w for text in texts for w in text.split()[1:-1]]
     if not words:
         raise ValueError("the samples have no word to check (a sample needs 3 words: its first and "
                          "last are not counted)")
     return sum(w in vocabulary for w in words) / len(words)
+
+
+class Log:
+    """log.csv, the loss curve: a row every log_interval iterations (training loss, lr, speed) and
+    one per evaluation (the validation bound), each on the disk as soon as it is written (line
+    buffering), so that a killed run loses no row."""
+    COLUMNS = ["iter", "train_bits_per_token", "lr", "tokens_per_s", "mfu", "val_bits_per_token", "val_se",
+               "elapsed_s"]
+
+    def __init__(self, out_dir, resumed_at=None):
+        self.path = os.path.join(out_dir, "log.csv")
+        if resumed_at is not None and os.path.exists(self.path):
+            self.trim(resumed_at)
+        self.file = open(self.path, "a", newline="", buffering=1)
+        self.writer = csv.writer(self.file)
+        if self.file.tell() == 0:
+            self.writer.writerow(self.COLUMNS)
+
+    def trim(self, iter_num):
+        """Keep the rows up to iter_num, the checkpoint's iteration: a run killed after it had
+        logged further rows (the last perhaps cut in the middle) repeats those iterations when it
+        resumes, so its log then reads as the uninterrupted run's. Swapped in whole: a crash here
+        leaves the old log."""
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= iter_num]
+        with open(self.path + ".tmp", "w", newline="") as f:
+            csv.writer(f).writerows(rows[:1] + kept)
+        os.replace(self.path + ".tmp", self.path)
+
+    def write(self, it, elapsed, **values):
+        """One row: iteration `it`, the given columns (already formatted), the wall time so far."""
+        self.writer.writerow([it, *(values.get(c, "") for c in self.COLUMNS[1:-1]), f"{elapsed:.1f}"])
+
+
+def plot_losses(out_dir, tokens_per_iter, meta, length):
+    """out_dir/loss.png from log.csv: the training loss and the validation bound (the twin: its
+    exact NLL) in bits per token against tokens seen, with the source's entropy when it is known
+    (prepare.py toy). Needs matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+    with open(os.path.join(out_dir, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("train_bits_per_token", "training loss"), ("val_bits_per_token", "validation")):
+        points = [(int(r["iter"]) * tokens_per_iter, float(r[key])) for r in rows if r[key]]
+        if points:
+            ax.plot(*zip(*points), marker="." if key.startswith("val") else None, label=label)
+    if source_entropy(meta, length) is not None:
+        ax.axhline(source_entropy(meta, length), color="gray", linestyle="--", label="the source's entropy")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("bits per token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
+    plt.close(fig)

@@ -31,8 +31,44 @@ def phi(z):
 
 
 class Graph:
+    """The interface both graphs implement. Attributes: name ("absorb" | "uniform"), n_tokens
+    (real tokens), dim (states: n_tokens, plus MASK for absorbing). Shapes as in the module's
+    docstring: x [...], sigma broadcast against x, vectors [..., dim]."""
+
+    def rate_matrix(self):
+        """Q as a dense [dim, dim] float64 matrix, Q[y, x] the rate from x to y (tests only)."""
+        raise NotImplementedError
+
     def rates_into(self, x_t):
         """Row x_t of Q: Q[x_t, y] is the rate of jumping from y INTO x_t. [..., dim]"""
+        raise NotImplementedError
+
+    def transition(self, x0, sigma):
+        """p_{t|0}(. | x0): column x0 of exp(sigma Q). [..., dim]"""
+        raise NotImplementedError
+
+    def transp_transition(self, x_t, delta_sigma):
+        """Row x_t of exp(delta_sigma Q), the second factor of Tweedie's step (Eq. 19). [..., dim]"""
+        raise NotImplementedError
+
+    def staggered_score(self, score, delta_sigma):
+        """exp(-delta_sigma Q) applied to the score vector, the first factor of Eq. 19. [..., dim]"""
+        raise NotImplementedError
+
+    def sample_transition(self, x0, sigma, generator=None):
+        """x_t ~ p_{t|0}(. | x0), token by token. [...]"""
+        raise NotImplementedError
+
+    def sample_limit(self, *shape, device=None):
+        """x_T from the base distribution: all MASK (absorbing) or uniform tokens. [*shape]"""
+        raise NotImplementedError
+
+    def score_entropy(self, log_score, sigma, x_t, x0):
+        """Denoising score entropy per position (Theorem 3.4), before the weight dsigma. [...]"""
+        raise NotImplementedError
+
+    def prior_kl(self, sigma):
+        """KL(p_{1|0}(. | x0) || p_base) per token at sigma = sigma_bar(1): the ELBO's prior term."""
         raise NotImplementedError
 
     def reverse_rate(self, x_t, score):
@@ -49,6 +85,8 @@ class Graph:
 
 
 class Absorbing(Graph):
+    name = "absorb"
+
     def __init__(self, n_tokens):
         self.n_tokens = n_tokens
         self.dim = n_tokens + 1
@@ -120,6 +158,8 @@ class Absorbing(Graph):
 
 
 class Uniform(Graph):
+    name = "uniform"
+
     def __init__(self, n_tokens):
         self.n_tokens = n_tokens
         self.dim = n_tokens
@@ -176,7 +216,7 @@ class Uniform(Graph):
         return p_x0 * torch.log1p((N - 1) * keep) + (N - 1) * p_other * torch.log1p(-keep)
 
 
-GRAPHS = {"absorb": Absorbing, "uniform": Uniform}
+GRAPHS = {cls.name: cls for cls in (Absorbing, Uniform)}
 
 
 def get_graph(name, n_tokens):

@@ -47,6 +47,14 @@ def stratified_t(n, sampling_eps=1e-3, generator=None):
     return sampling_eps + (1 - sampling_eps) * u[torch.randperm(n, generator=generator)]
 
 
+def noised_batch(graph, noise, x0, sampling_eps=1e-3, generator=None):
+    """Algorithm 1's randomness for a batch x0 [B, L]: times t stratified over the batch
+    (stratified_t) and x_t ~ p_{t|0}(. | x0) at sigma_bar(t), both drawn from `generator`."""
+    t = stratified_t(len(x0), sampling_eps, generator)
+    x_t = graph.sample_transition(x0, noise(t)[0][:, None], generator=generator)
+    return t, x_t
+
+
 def prior_loss(graph, noise, length):
     """KL(p_{1|0}(.|x0) || p_base) of a whole sequence in nats: length times the per-token KL,
     computed on the CPU in the default dtype."""

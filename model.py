@@ -55,8 +55,9 @@ class SEDDConfig:
                              block_size=1024, cond_dim=128), **kw})
 
 
-class LayerNorm(nn.Module):
-    """The weight (no bias) of a LayerNorm; norm_modulate applies it together with adaLN."""
+class LayerNormWeight(nn.Module):
+    """The weight (no bias) of a LayerNorm, and nothing else: norm_modulate applies it together
+    with adaLN. A module of its own for the official state-dict names (norm1.weight, ...)."""
 
     def __init__(self, dim):
         super().__init__()
@@ -145,10 +146,10 @@ class DDiTBlock(nn.Module):
         super().__init__()
         H = config.n_embd
         self.n_head, self.causal = config.n_head, config.causal
-        self.norm1 = LayerNorm(H)
+        self.norm1 = LayerNormWeight(H)
         self.attn_qkv = nn.Linear(H, 3 * H, bias=False)  # rows Q | K | V
         self.attn_out = nn.Linear(H, H, bias=False)
-        self.norm2 = LayerNorm(H)
+        self.norm2 = LayerNormWeight(H)
         self.mlp = nn.Sequential(nn.Linear(H, 4 * H), nn.GELU(approximate="tanh"), nn.Linear(4 * H, H))
         self.dropout = nn.Dropout(config.dropout)
         # adaLN-zero: zero gates make every block the identity at initialisation
@@ -174,7 +175,7 @@ class DDitFinalLayer(nn.Module):
     def __init__(self, config):
         super().__init__()
         H = config.n_embd
-        self.norm_final = LayerNorm(H)
+        self.norm_final = LayerNormWeight(H)
         self.linear = nn.Linear(H, config.vocab_size)
         self.adaLN_modulation = nn.Linear(config.cond_dim, 2 * H)
         # zero output at initialisation: the score is then exactly the scale_by_sigma prior
@@ -229,6 +230,12 @@ class SEDD(nn.Module):
         # keep), which saves a copy of the largest tensor of the network at a 50k vocabulary
         return x.scatter_(-1, x_t[..., None], 0.0)
 
+    @property
+    def bos(self):
+        """The autoregressive twin's start token: the extra last id (where the absorbing graph
+        keeps MASK), read before the first token and never predicted (loss.ar_nll)."""
+        return self.config.vocab_size - 1
+
     def num_params(self, non_embedding=False):
         """Parameters (not buffers); non_embedding leaves out the token embedding."""
         n = sum(p.numel() for p in self.parameters())
@@ -253,16 +260,12 @@ class SEDD(nn.Module):
     def from_pretrained(cls, name_or_dir, dropout=None):
         """Load an SEDD checkpoint from a local directory or a hub id such as louaaron/sedd-small.
 
-        Returns the model in eval mode, with the diffusion it was trained for as attributes
-        model.graph_name ("absorb" | "uniform") and model.noise_config (the checkpoint's "noise"
-        entry: {"type": "loglinear" | "geometric", its parameters}); build them with
-        get_graph(model.graph_name, n_tokens) and noise.noise_from_config(model.noise_config),
-        where n_tokens = vocab_size - 1 for absorb (MASK excluded), else vocab_size. An
-        autoregressive twin ("causal": true, no graph or noise entry) has both set to None and
-        vocab_size = n_tokens + 1 (its BOS).
+        Returns the network in eval mode. Its vocabulary is the checkpoint's tokens plus MASK for
+        the absorbing graph, or plus BOS for an autoregressive twin ("causal": true); the graph and
+        noise schedule it was trained for are checkpoint.load's to read.
         dropout: replaces the checkpoint's rate (fine-tuning chooses its own, as in nanoGPT).
         """
-        path = _checkpoint_dir(name_or_dir)
+        path = checkpoint_dir(name_or_dir)
         cfg_file = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_file):
             raise FileNotFoundError(f"{path} is not an SEDD checkpoint: it has no config.json")
@@ -270,7 +273,7 @@ class SEDD(nn.Module):
             hf = json.load(f)
         try:
             m, causal = hf["model"], hf["model"].get("causal", False)
-            graph, noise = (None, None) if causal else (hf["graph"]["type"], {"type": hf["noise"]["type"], **hf["noise"]})
+            graph = None if causal else hf["graph"]["type"]
             if graph not in ("absorb", "uniform", None):
                 raise ValueError(f"{cfg_file}: unknown graph.type {graph!r}")
             # "length" is optional: the official code never reads it (rotary has no position
@@ -298,7 +301,6 @@ class SEDD(nn.Module):
             model.load_state_dict(state)  # strict: every name and shape must match
         except RuntimeError as e:
             raise RuntimeError(f"the weights in {path} do not match its config.json:\n{e}") from None
-        model.graph_name, model.noise_config = graph, noise
         return model.eval()
 
     def save_pretrained(self, out_dir, graph_name=None, noise_config=None):
@@ -321,7 +323,7 @@ class SEDD(nn.Module):
         torch.save(self.state_dict(), os.path.join(out_dir, "pytorch_model.bin"))
 
 
-def _checkpoint_dir(name_or_dir):
+def checkpoint_dir(name_or_dir):
     """A local directory as is; an 'owner/name' hub id downloaded (cached) by huggingface_hub."""
     name_or_dir = os.path.expanduser(os.fspath(name_or_dir))
     if os.path.isdir(name_or_dir):
@@ -343,20 +345,3 @@ def _checkpoint_dir(name_or_dir):
         raise FileNotFoundError(f"{name_or_dir!r} is not a local directory (train.py writes one per run), and "
                                 f"downloading it as a Hugging Face hub id failed: {first_line}") from None
     return path
-
-
-def pick_device(name="auto", index=0):
-    """The torch device called `name`: "auto" (CUDA, then Apple MPS, then the CPU), "cpu",
-    "cuda" (GPU `index`, e.g. the process's local rank), "cuda:N" or "mps". Raises ValueError,
-    naming the fix, for an unknown or unavailable device."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    kind = name.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda (or cuda:N) or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this machine has no CUDA GPU that PyTorch can use "
-                         "(torch.cuda.is_available() is False); use device auto or cpu")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: Apple's MPS is not available here; use device auto or cpu")
-    return torch.device(f"cuda:{index}" if name == "cuda" else name)

@@ -1,8 +1,8 @@
-"""Prepare datasets: turn a text corpus into flat arrays of token ids on disk.
+"""Prepare datasets: turn a text corpus into flat arrays of token ids on disk, and read them back.
 
 Every dataset becomes data/<name>/{train,val,test}.bin: each split is ONE long stream of
-token ids (uint16, or uint32 for vocabularies above 65,536 symbols) that train.py opens with
-np.memmap and reads random windows from, so no corpus ever has to fit in memory. Beside them,
+token ids (uint16, or uint32 for vocabularies above 65,536 symbols) that Data (below) opens with
+np.memmap and reads windows from, so no corpus ever has to fit in memory. Beside them,
 meta.json says how to turn ids back into text:
 
     name, tokenizer ("chars" or "gpt2"), chars (the vocabulary, chars only), n_tokens
@@ -31,6 +31,7 @@ import urllib.request
 import zipfile
 
 import numpy as np
+import torch
 
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 TEXT8_CHARS = " abcdefghijklmnopqrstuvwxyz"  # fixed order: ids 0..26 whatever the file holds
@@ -78,6 +79,41 @@ def load_meta(data_dir):
                                 f"`python prepare.py {cmd}`")
     with open(path) as f:
         return json.load(f)
+
+
+class Data:
+    """A prepared split read back: random windows of block_size tokens from its token memmap, for
+    training, and fixed windows spread over it, for evaluation."""
+
+    def __init__(self, cfg, split):
+        self.dir = os.path.join(cfg["data_dir"], cfg["dataset"])
+        try:
+            self.meta = load_meta(self.dir)
+        except FileNotFoundError as e:
+            fail(e)
+        self.path = os.path.join(self.dir, f"{split}.bin")
+        if not os.path.exists(self.path):
+            fail(f"{self.path} not found: prepare the {split} split with prepare.py")
+        self.dtype, self.L = np.dtype(self.meta["dtype"]), cfg["block_size"]
+        self.n = os.path.getsize(self.path) // self.dtype.itemsize
+        if self.n < self.L:
+            fail(f"{self.path} has {self.n} tokens, fewer than block_size = {self.L}")
+
+    def windows(self, starts):
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")  # reopened per batch: no memory growth
+        return torch.from_numpy(np.stack([data[s:s + self.L].astype(np.int64) for s in starts.tolist()]))
+
+    def random_batch(self, n, generator):
+        # n - L + 1 possible starts: the last window ends at the last token
+        return self.windows(torch.randint(self.n - self.L + 1, (n,), generator=generator))
+
+    def eval_batches(self, n_seq, batch_size):
+        """Fixed windows aligned to multiples of block_size (the rows of zero-shot sets), spread
+        evenly over the split, so every evaluation sees the same sequences."""
+        rows = self.n // self.L
+        n_seq = rows if n_seq <= 0 else min(n_seq, rows)
+        starts = torch.arange(n_seq) * (rows // n_seq) * self.L
+        return [self.windows(starts[i:i + batch_size]) for i in range(0, n_seq, batch_size)]
 
 
 def get_tokenizer(meta):

@@ -3,15 +3,17 @@
 The forward process noises every token independently (graph.py); its time reversal has rates
 Q_t(y, x) p_t(y) / p_t(x) (Def. 3.5), and p_t(y) / p_t(x) is exactly what the network learned
 (the concrete score s_theta, model.py). We start at the base distribution at t = 1 (all MASK
-for the absorbing graph, uniform tokens for the uniform one) and step t down to eps on the
-grid linspace(1, eps, steps + 1), updating EVERY position at once in each step (tau-leaping):
+for the absorbing graph, uniform tokens for the uniform one) and step t down to eps (the
+sampler's last time, not the noise schedule's eps) on the grid linspace(1, eps, steps + 1),
+updating EVERY position at once in each step (tau-leaping):
 
-- Euler, Eq. 17: x^i moves to y with probability dsigma(t) dt Q[x^i, y] s_{i,y}.
-- Tweedie ("analytic"), Eq. 19: p(y) = (exp(-delta_sigma Q) s_i)_y exp(delta_sigma Q)[x^i, y],
-  with delta_sigma = sigma_bar(t) - sigma_bar(t - dt). With the true score it is the best
+- Euler tau-leaping, Eq. 17: x^i moves to y with probability dsigma(t) dt Q[x^i, y] s_{i,y}.
+- Tweedie tau-leaping, Eq. 19 (the official code calls it "analytic", hence --predictor
+  analytic): p(y) = (exp(-delta_sigma Q) s_i)_y exp(delta_sigma Q)[x^i, y], with
+  delta_sigma = sigma_bar(t) - sigma_bar(t - dt). With the true score it is the best
   tau-leaping step there is (Thm 4.2); for absorbing + log-linear noise the two coincide.
-- A final Tweedie step from t = eps to noise 0 (Thm 4.1) removes the leftover noise; for the
-  absorbing graph it cannot output MASK.
+- A final Tweedie denoising step from t = eps to noise 0 (Thm 4.1) removes the leftover noise;
+  for the absorbing graph it cannot output MASK.
 
 Infilling (Algorithm 3): the score is unconditional, but by Bayes' rule its ratios between
 sequences that agree on the prompt are the conditional ones (Section 4.2), so clamping the
@@ -41,11 +43,11 @@ import sys
 
 import torch
 
+import checkpoint
+from device import draw_dtype, pick_device
 from evaluation import dataset_words, generative_perplexity, real_word_rate, twin_perplexity, unigram_entropy
-from graph import Absorbing, get_graph
-from model import SEDD, pick_device
-from noise import noise_from_config
-from prepare import fail, get_tokenizer, load_meta
+from graph import Absorbing
+from prepare import fail, get_tokenizer
 
 
 def sample_categorical(probs, dtype=torch.float64):
@@ -72,15 +74,6 @@ def sample_categorical(probs, dtype=torch.float64):
     return probs.div_(u.log_().neg_()).argmax(-1)
 
 
-def draw_dtype(device):
-    """float64 for sampling's probabilities and draws (see sample_categorical), or float32 on a
-    device that has no float64, such as Apple's MPS. Asks the device itself."""
-    try:
-        torch.zeros(1, dtype=torch.float64, device=device)
-        return torch.float64
-    except (TypeError, RuntimeError):
-        return torch.float32
-
 
 def tweedie_probs(graph, score, x, delta_sigma):
     """Eq. 19: (exp(-delta_sigma Q) s)_y exp(delta_sigma Q)[x, y], per position. [B, L, dim]"""
@@ -93,9 +86,12 @@ def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, de
     """Draw sequences x [B, L] (int64) from the reverse diffusion (Algorithms 2 and 3).
 
     model: any callable (x_t [B, L], sigma_bar [B]) -> log_score [B, L, dim], e.g. an SEDD in
-        eval mode. predictor: "analytic" (Tweedie, Eq. 19), "euler" (Eq. 17), or
-        "first_hitting" (absorbing graph only: the exact reverse process, see first_hitting;
-        `steps`, `eps` and `denoise` do not apply to it).
+        eval mode. predictor: "analytic" (Tweedie tau-leaping, Eq. 19), "euler" (Euler
+        tau-leaping, Eq. 17), or "first_hitting" (absorbing graph only: the exact reverse process,
+        see first_hitting; `steps`, `eps` and `denoise` do not apply to it).
+    eps: the last time of the grid linspace(1, eps, steps + 1), where tau-leaping stops and the
+        denoising step takes over. Not the noise schedule's eps (LogLinearNoise(eps), which keeps
+        sigma_bar(1) finite) nor the loss's sampling_eps (the smallest training t).
     prompt: {position: token} clamped in every sequence (prefix, suffix, middle, scattered);
         those positions come out bit-identical. See text_prompt for text.
     dtype: of the probabilities and the categorical noise (float64: see sample_categorical).
@@ -152,12 +148,12 @@ def first_hitting(model, graph, noise, B, L, positions, tokens, dtype, device, c
     masked by time t with probability m(t) = 1 - e^{-sigma_bar(t)}. In reverse, given k masked
     positions at time t, each one's masking time is ~ m^{-1}(m(t) U) with U uniform, so the next
     unmasking (the latest of the k) has m(s) = m(t) u^{1/k}, u ~ U(0, 1): for log-linear noise,
-    m = (1 - eps) t and s = t u^{1/k}. Which masked position unmasks is uniform (they are
-    exchangeable), and its token follows the reverse rates at time s (Def. 3.5: from MASK to y
-    proportional to the score s_y). Only m matters, never t, so every schedule works the same,
-    and each sequence keeps its own clock. With the true score the output follows the data law
-    exactly: starting from all MASK loses nothing, since whether a token is masked does not
-    depend on its value."""
+    m = (1 - eps) t (the schedule's eps, LogLinearNoise(eps)) and s = t u^{1/k}. Which masked
+    position unmasks is uniform (they are exchangeable), and its token follows the reverse rates
+    at time s (Def. 3.5: from MASK to y proportional to the score s_y). Only m matters, never t,
+    so every schedule works the same, and each sequence keeps its own clock. With the true score
+    the output follows the data law exactly: starting from all MASK loses nothing, since whether
+    a token is masked does not depend on its value."""
     if not isinstance(graph, Absorbing):
         raise ValueError("first_hitting simulates the absorbing graph's reverse process; it does not apply to "
                          "the uniform graph, whose tokens can change many times: use 'analytic' or 'euler'")
@@ -216,7 +212,7 @@ def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device=
     adds. callback(step, x) after each token, x [B, L] with BOS where nothing is drawn yet.
     stats: filled with network_evals."""
     B, L = shape
-    bos = model.config.vocab_size - 1  # the twin's start token, the last id
+    bos = model.bos
     positions, tokens = prompt_tensors(prompt, bos, L, device)
     if sorted(positions.tolist()) != list(range(len(positions))):
         raise ValueError("the autoregressive twin continues a prefix: its prompt must hold positions 0, 1, ..., k-1")
@@ -255,10 +251,11 @@ def text_prompt(encode, length, prefix="", suffix="", spans=None):
     return prompt
 
 
-def render(ids, decode, mask=None):
-    """Text of a token list with every MASK shown as '_' (tokenizers know no MASK)."""
-    return "".join("_" * len(list(run)) if is_mask else decode(list(run))
-                   for is_mask, run in itertools.groupby(ids, key=lambda i: i == mask))
+def render(ids, decode, blank=None):
+    """Text of a token list with every blank (MASK, or the twin's positions not drawn yet) shown as
+    '_': tokenizers know neither."""
+    return "".join("_" * len(list(run)) if is_blank else decode(list(run))
+                   for is_blank, run in itertools.groupby(ids, key=lambda i: i == blank))
 
 
 class Watch:
@@ -267,8 +264,8 @@ class Watch:
     absorbing graph) in bold green; otherwise one line at each of `lines` evenly spaced steps.
     frames: a list that collects the first sample's tokens at every step (for svg_animation)."""
 
-    def __init__(self, decode, mask, total, lines=8, live=False, stream=None, frames=None):
-        self.decode, self.mask, self.total, self.live, self.frames = decode, mask, total, live, frames
+    def __init__(self, decode, blank, total, lines=8, live=False, stream=None, frames=None):
+        self.decode, self.blank, self.total, self.live, self.frames = decode, blank, total, live, frames
         self.stream = stream or sys.stdout
         self.shown = {round(total * k / (lines + 1)) for k in range(1, lines + 1)}
         self.prev, self.height = None, 0  # the last tokens drawn, and the terminal lines they took
@@ -279,20 +276,20 @@ class Watch:
             self.frames.append(ids)
         if not self.live:
             if step in self.shown:
-                print(head + render(ids, self.decode, self.mask), file=self.stream)
+                print(head + render(ids, self.decode, self.blank), file=self.stream)
             return
-        prev = self.prev or [self.mask] * len(ids)
-        text = "".join("_" if i == self.mask else f"\033[1;32m{self.decode([i])}\033[0m" if i != p else self.decode([i])
+        prev = self.prev or [self.blank] * len(ids)
+        text = "".join("_" if i == self.blank else f"\033[1;32m{self.decode([i])}\033[0m" if i != p else self.decode([i])
                        for i, p in zip(ids, prev))
         if self.height:  # back to the first line of the last drawing, and clear from there
             self.stream.write(f"\033[{self.height}F\033[J")
         self.stream.write(head + text + "\n")
         self.stream.flush()
-        width = len(head) + len(render(ids, self.decode, self.mask))
+        width = len(head) + len(render(ids, self.decode, self.blank))
         self.height, self.prev = -(-width // shutil.get_terminal_size().columns), ids
 
 
-def svg_animation(frames, decode, mask, columns=64, seconds=8.0, max_frames=64):
+def svg_animation(frames, decode, blank, columns=64, seconds=8.0, max_frames=64):
     """An animated SVG of a sample forming, frame by frame (any browser plays it; no dependency):
     MASK as a grey '_', `columns` tokens a line, the last frame held."""
     stride = -(-len(frames) // max_frames)
@@ -304,7 +301,7 @@ def svg_animation(frames, decode, mask, columns=64, seconds=8.0, max_frames=64):
         show = f'begin="{k * dt:.3f}s" fill="freeze"' if k == len(frames) - 1 else f'begin="{k * dt:.3f}s" dur="{dt:.3f}s"'
         out.append(f'<g visibility="hidden"><set attributeName="visibility" to="visible" {show}/>')
         for r in range(rows):
-            runs = itertools.groupby(ids[r * columns:(r + 1) * columns], key=lambda i: i == mask)
+            runs = itertools.groupby(ids[r * columns:(r + 1) * columns], key=lambda i: i == blank)
             text = "".join(f'<tspan fill="#bbb">{"_" * len(list(run))}</tspan>' if masked else html.escape(decode(list(run)))
                            for masked, run in runs)
             out.append(f'<text x="10" y="{28 + 22 * r}" xml:space="preserve">{text}</text>')
@@ -313,139 +310,183 @@ def svg_animation(frames, decode, mask, columns=64, seconds=8.0, max_frames=64):
 
 
 # -----------------------------------------------------------------------------
+# the command line: main parses the arguments, then loads, prompts, samples and scores
 
-def main(argv=None):
-    """The CLI; returns the decoded samples."""
+def parse_args(argv):
+    """The CLI's arguments, each checked (a wrong one ends in one line)."""
     parser = argparse.ArgumentParser(description="Sample text from an SEDD model (Algorithms 2 and 3) or its "
                                                  "autoregressive twin (left to right).")
     parser.add_argument("--ckpt", required=True,
                         help="a training output directory (config.json, pytorch_model.bin, meta.json, e.g. "
                              "out/text8_tiny) or a hub id such as louaaron/sedd-small")
-    parser.add_argument("--steps", type=int, default=128, help="tau-leaping steps (analytic, euler)")
+    parser.add_argument("--steps", type=int, default=128,
+                        help="tau-leaping steps (analytic, euler)")
     parser.add_argument("--predictor", choices=["analytic", "euler", "first_hitting"], default="analytic",
-                        help="analytic: Tweedie tau-leaping (Eq. 19); euler (Eq. 17); first_hitting: the exact "
-                             "absorbing reverse process, one network call per token (--steps does not apply)")
+                        help="analytic: Tweedie tau-leaping (Eq. 19); euler: Euler tau-leaping (Eq. 17); "
+                             "first_hitting: the exact absorbing reverse process, one network call per token "
+                             "(--steps does not apply)")
     parser.add_argument("--top_p", type=float, default=1.0,
-                        help="autoregressive twin: nucleus sampling, keep the most likely tokens holding this "
-                             "much probability (1: temperature 1, the model's own law)")
+                        help="autoregressive twin: nucleus sampling, keep the most likely tokens "
+                             "holding this much probability (1: temperature 1, the model's own law)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--length", type=int, help="tokens per sample (default: the model's block_size)")
     parser.add_argument("--prefix", default="", help="text the samples start with")
     parser.add_argument("--suffix", default="", help="text the samples end with")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
-    parser.add_argument("--show_steps", type=int, default=0, help="print the first sample at this many intermediate steps")
-    parser.add_argument("--animate", metavar="FILE.svg", help="also write an animated SVG of the first sample forming")
+    parser.add_argument("--show_steps", type=int, default=0,
+                        help="print the first sample at this many intermediate steps")
+    parser.add_argument("--animate", metavar="FILE.svg",
+                        help="also write an animated SVG of the first sample forming")
     parser.add_argument("--watch", action="store_true",
-                        help="watch the first sample form: redrawn in place at every step on a terminal (tokens "
-                             "revealed in the step highlighted), else --show_steps lines (default 8)")
+                        help="watch the first sample form: redrawn in place at every step on a terminal "
+                             "(tokens revealed in the step highlighted), else --show_steps lines (default 8)")
     parser.add_argument("--gen_ppl", nargs="?", const="gpt2-large", metavar="JUDGE",
-                        help="also print the generative perplexity of the samples under a judge LM and their "
-                             "unigram entropy: a trained autoregressive twin's directory (e.g. out/text8_tiny_ar), "
-                             "or a Hugging Face id (default gpt2-large; needs transformers)")
+                        help="also print the generative perplexity of the samples under a judge LM and "
+                             "their unigram entropy: a trained autoregressive twin's directory (e.g. "
+                             "out/text8_tiny_ar), or a Hugging Face id (default gpt2-large; needs "
+                             "transformers)")
     parser.add_argument("--real_words", metavar="DATA_DIR",
                         help="also print the fraction of sampled words that occur in the training text of "
                              "DATA_DIR, a character-level dataset such as data/text8")
     args = parser.parse_args(argv)
-
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
             fail(f"--{name} must be at least 1, not {getattr(args, name)}")
     if not 0 < args.top_p <= 1:
         fail(f"--top_p must be in (0, 1], not {args.top_p}")
+    return args
+
+
+def load_checkpoint(args):
+    """--ckpt opened (checkpoint.load) for --device: (device, model, graph, noise, encode, decode),
+    graph and noise None for the autoregressive twin."""
     try:
         device = pick_device(args.device)
-        model = SEDD.from_pretrained(args.ckpt)
-        ar = model.config.causal
-        noise = None if ar else noise_from_config(model.noise_config)
+        model, graph, noise, meta = checkpoint.load(args.ckpt)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         fail(e)
-    if ar and args.suffix:
-        fail("the autoregressive twin continues a prefix; filling in before a --suffix needs a diffusion model")
-    path = args.ckpt
-    absorb = model.graph_name == "absorb"
-    n_tokens = model.config.vocab_size - (absorb or ar)  # MASK, or the twin's BOS
-    graph = None if ar else get_graph(model.graph_name, n_tokens)
-    # a training run stores its dataset's meta.json; official checkpoints are GPT-2 BPE
-    local_meta = os.path.isfile(os.path.join(path, "meta.json"))
-    meta = load_meta(path) if local_meta else {"name": "GPT-2 BPE", "tokenizer": "gpt2", "n_tokens": 50257}
-    if meta["n_tokens"] != n_tokens:
-        fail(f"the model has {n_tokens} tokens but the tokenizer of {meta['name']} has {meta['n_tokens']}"
-             + ("" if local_meta else f" (no meta.json in {path}, so GPT-2 BPE was assumed)"))
+    if model.config.causal and args.suffix:
+        fail("the autoregressive twin continues a prefix; filling in before a --suffix needs a "
+             "diffusion model")
     try:
         encode, decode = get_tokenizer(meta)
     except RuntimeError as e:
         fail(e)
+    return device, model, graph, noise, encode, decode
 
+
+def prompt_from_args(args, model, encode):
+    """The sample length (--length, else the model's block_size) and the prompt that --prefix and
+    --suffix make ({position: token})."""
     length = args.length or model.config.block_size
     if not 1 <= length <= model.config.block_size:
         fail(f"--length {length} must be between 1 and the model's block_size {model.config.block_size}")
     try:
-        prompt = text_prompt(encode, length, args.prefix, args.suffix)
+        return length, text_prompt(encode, length, args.prefix, args.suffix)
     except ValueError as e:  # also the tokenizer's: a character outside the vocabulary
         fail(e)
 
-    if args.real_words:  # read before sampling, so that a wrong directory fails at once
-        try:
-            vocabulary = set(dataset_words(args.real_words))
-        except (OSError, ValueError) as e:
-            fail(e)
 
-    dtype = draw_dtype(device)
+def read_vocabulary(data_dir):
+    """--real_words: the distinct words of DATA_DIR's training text."""
+    try:
+        return set(dataset_words(data_dir))
+    except (OSError, ValueError) as e:
+        fail(e)
+
+
+def draw_from_twin(args, model, shape, prompt, dtype, device, show):
+    """The autoregressive twin's samples, left to right, and a line that says how they were drawn."""
+    stats = {}
+    x = sample_ar(model, shape, prompt, args.top_p, dtype=dtype, device=device, callback=show, stats=stats)
+    how = "left to right" + (f", nucleus top_p={args.top_p}" if args.top_p < 1 else ", temperature 1")
+    return x, f"{how}, {stats['network_evals']} network evaluations"
+
+
+def draw_from_diffusion(args, model, graph, noise, shape, prompt, dtype, device, show):
+    """An SEDD model's samples by --predictor, and a line that says how they were drawn."""
+    stats = {}
+    try:
+        x = sample(model, graph, noise, shape, args.steps, args.predictor,
+                   prompt=prompt, dtype=dtype, device=device, callback=show, stats=stats)
+    except ValueError as e:  # first_hitting on a uniform-graph model
+        fail(e)
+    how = ("first hitting (exact; --steps does not apply)" if args.predictor == "first_hitting" else
+           f"{args.steps} steps ({args.predictor})")
+    return x, f"{how}, {stats['network_evals']} network evaluations"
+
+
+def write_animation(path, frames, last, decode, blank):
+    """--animate: the SVG of the first sample forming, ending on the sample itself."""
+    if frames[-1:] != [last]:  # the final denoising step changes tokens after the last update
+        frames.append(last)
+    with open(path, "w") as f:
+        f.write(svg_animation(frames, decode, blank))
+
+
+def print_judge_scores(texts, x, judge, device):
+    """--gen_ppl: the samples' generative perplexity under `judge` (a trained twin's directory or a
+    Hugging Face id) and their unigram entropy."""
+    try:
+        if os.path.isdir(judge):
+            ppl = twin_perplexity(texts, judge, device=device)
+            how = "per token of the twin (every token scored, the first from BOS)"
+        else:
+            ppl = generative_perplexity(texts, judge, device=device)
+            how = ("token level: samples decoded, retokenised with GPT-2 BPE, exp of the mean NLL over "
+                   "all predicted tokens; each sample's first token is not scored; samples longer than "
+                   "the judge's context are scored in separate chunks")
+    except (ImportError, OSError, ValueError, RuntimeError) as e:
+        fail(e)
+    print(f"generative perplexity {ppl:.2f} under {judge} ({how})")
+    print(f"unigram entropy {unigram_entropy(x):.3f} nats (the entropy of each sample's token "
+          f"distribution in the model's tokens, mean over the {len(texts)} samples)")
+
+
+def print_real_words(texts, vocabulary, data_dir):
+    """--real_words: the share of sampled words found in the training text of data_dir."""
+    try:
+        rate = real_word_rate(texts, vocabulary)
+    except ValueError as e:
+        fail(e)
+    print(f"real words {rate:.1%} (sampled words, first and last of each sample excluded, that occur "
+          f"in the training text of {data_dir})")
+
+
+def main(argv=None):
+    """The CLI; returns the decoded samples."""
+    args = parse_args(argv)
+    device, model, graph, noise, encode, decode = load_checkpoint(args)
+    length, prompt = prompt_from_args(args, model, encode)
+    # read before sampling, so that a wrong directory fails at once
+    vocabulary = read_vocabulary(args.real_words) if args.real_words else None
+
+    dtype, ar = draw_dtype(device), model.config.causal
     torch.manual_seed(args.seed)
     model.to(device)
-    hitting = args.predictor == "first_hitting"
-    total = length - len(prompt) if hitting or ar else args.steps  # updates: one per free token, or the steps
-    mask = n_tokens if absorb or ar else None  # MASK, or the twin's BOS in positions not drawn yet
+    # shown as '_': MASK, or the twin's BOS in the positions not drawn yet
+    blank = model.bos if ar else graph.mask if isinstance(graph, Absorbing) else None
+    token_by_token = ar or args.predictor == "first_hitting"  # one update per free token
+    updates = length - len(prompt) if token_by_token else args.steps
     frames = [] if args.animate else None
-    show = Watch(decode, mask, total, args.show_steps or 8 * args.watch, live=args.watch and sys.stdout.isatty(),
-                 frames=frames)
+    show = Watch(decode, blank, updates, args.show_steps or 8 * args.watch,
+                 live=args.watch and sys.stdout.isatty(), frames=frames)
+    shape = (args.batch_size, length)
+    x, how = (draw_from_twin(args, model, shape, prompt, dtype, device, show) if ar else
+              draw_from_diffusion(args, model, graph, noise, shape, prompt, dtype, device, show))
 
-    stats = {}
-    if ar:
-        x = sample_ar(model, (args.batch_size, length), prompt, args.top_p, dtype=dtype, device=device, callback=show,
-                      stats=stats)
-        how = "left to right" + (f", nucleus top_p={args.top_p}" if args.top_p < 1 else ", temperature 1")
-    else:
-        try:
-            x = sample(model, graph, noise, (args.batch_size, length), args.steps, args.predictor,
-                       prompt=prompt, dtype=dtype, device=device, callback=show, stats=stats)
-        except ValueError as e:  # first_hitting on a uniform-graph model
-            fail(e)
-        how = ("first hitting (exact; --steps does not apply)" if hitting else
-               f"{args.steps} steps ({args.predictor})")
     texts = [decode(row) for row in x.tolist()]
     if args.animate:
-        if frames[-1:] != [x[0].tolist()]:  # the final denoising step changes tokens after the last update
-            frames.append(x[0].tolist())
-        with open(args.animate, "w") as f:
-            f.write(svg_animation(frames, decode, mask))
+        write_animation(args.animate, frames, x[0].tolist(), decode, blank)
     for i, text in enumerate(texts):
         print(f"---------- sample {i} ----------")
         print(text)
-    print(f"---------- {how}, {stats['network_evals']} network evaluations, dtype {str(dtype)[6:]}, device {device}")
+    print(f"---------- {how}, dtype {str(dtype)[6:]}, device {device}")
     if args.gen_ppl:
-        try:
-            if os.path.isdir(args.gen_ppl):
-                ppl = twin_perplexity(texts, args.gen_ppl, device=device)
-                how = "per token of the twin (every token scored, the first from BOS)"
-            else:
-                ppl = generative_perplexity(texts, args.gen_ppl, device=device)
-                how = ("token level: samples decoded, retokenised with GPT-2 BPE, exp of the mean NLL over all "
-                       "predicted tokens; each sample's first token is not scored; samples longer than the judge's "
-                       "context are scored in separate chunks")
-        except (ImportError, OSError, ValueError, RuntimeError) as e:
-            fail(e)
-        print(f"generative perplexity {ppl:.2f} under {args.gen_ppl} ({how})")
-        print(f"unigram entropy {unigram_entropy(x):.3f} nats (the entropy of each sample's token "
-              f"distribution in the model's tokens, mean over the {len(texts)} samples)")
+        print_judge_scores(texts, x, args.gen_ppl, device)
     if args.real_words:
-        try:
-            rate = real_word_rate(texts, vocabulary)
-        except ValueError as e:
-            fail(e)
-        print(f"real words {rate:.1%} (sampled words, first and last of each sample excluded, that occur "
-              f"in the training text of {args.real_words})")
+        print_real_words(texts, vocabulary, args.real_words)
     return texts
 
 

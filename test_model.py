@@ -1,8 +1,9 @@
 """model.py: the score network against the official one written out from its state dict, its
 output contract, attention, rotary positions, parameter counts and bf16 autocast; then the
-autoregressive twin: causal, a normalised law, sampled exactly. The shared helpers (tiny
-configs, randomized models, enumeration) live in test_sedd.py.
+autoregressive twin: causal, a normalised law, saved and loaded (its likelihood and sampler are
+proved in test_sedd.py). Tiny configs, randomized models and the twin come from testing.py.
 """
+import json
 import math
 
 import pytest
@@ -10,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import model as M
-import sampling
-from loss import ar_nll
 from model import SEDD, SEDDConfig
-from sampling import sample_ar
-from test_sedd import all_sequences, batch, not_input, randomized, tiny
+from testing import batch, randomized, tiny, twin, twin_law
+
+
+def not_input(x, vocab_size):
+    return ~F.one_hot(x, vocab_size).bool()
 
 
 @pytest.mark.parametrize("preset, expected", [("small", 169_627_218), ("medium", 424_477_010)])
@@ -138,19 +140,6 @@ def test_bf16_autocast_on_cpu(scale_by_sigma, float32):
 
 # ---------------------------------------------------------------- the autoregressive twin
 
-def twin(n_tokens=3, seed=0, **kw):
-    """A randomized autoregressive twin: causal, no sigma, n_tokens + BOS ids."""
-    return randomized(tiny(vocab_size=n_tokens + 1, causal=True, scale_by_sigma=False, **kw),
-                      seed=seed, std=0.5)
-
-
-def twin_law(model, n_tokens, length):
-    """The twin's probability of every sequence, by enumeration: exp(-ar_nll)."""
-    xs = all_sequences(n_tokens, length)
-    with torch.no_grad():
-        return xs, torch.exp(-ar_nll(model, xs, n_tokens).double())
-
-
 def test_twin_is_causal_and_its_likelihood_a_normalised_law(tmp_path, float32):
     model = twin()
     x = torch.randint(3, (4, 8), generator=torch.Generator().manual_seed(0))
@@ -165,26 +154,5 @@ def test_twin_is_causal_and_its_likelihood_a_normalised_law(tmp_path, float32):
     xs, p = twin_law(model, 3, 4)
     assert p.sum().item() == pytest.approx(1.0, abs=1e-5) and p.min() > 0  # first token included (from BOS)
     model.save_pretrained(tmp_path)
-    loaded = SEDD.from_pretrained(str(tmp_path))
-    assert loaded.config == model.config and loaded.graph_name is None and loaded.noise_config is None
-
-
-def test_twin_samples_follow_its_law_and_nucleus(float32):
-    """Temperature 1 draws the twin's exact law (enumerated); a prefix is kept; the nucleus keeps
-    the most likely tokens up to top_p of the mass."""
-    model = twin(seed=1)
-    xs, p = twin_law(model, 3, 3)
-    torch.manual_seed(0)
-    n = 40_000
-    drawn = sample_ar(model, (n, 3))
-    freq = torch.bincount((drawn * torch.tensor([9, 3, 1])).sum(-1), minlength=27).double() / n
-    assert 0.5 * (freq - p).abs().sum().item() < 0.02  # the Monte Carlo floor is ~0.01 here
-    stats = {}
-    prefixed = sample_ar(model, (64, 3), prompt={0: 2}, stats=stats)
-    assert (prefixed[:, 0] == 2).all() and stats["network_evals"] == 2
-    with pytest.raises(ValueError, match="prefix"):
-        sample_ar(model, (2, 3), prompt={1: 0})
-    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])
-    assert torch.equal(sampling.nucleus(probs, 0.7), torch.tensor([[0.0, 0.5, 0.0, 0.25]]))
-    assert torch.equal(sampling.nucleus(probs, 0.5), torch.tensor([[0.0, 0.5, 0.0, 0.0]]))
-    assert torch.equal(sampling.nucleus(probs, 1.0), probs)
+    assert SEDD.from_pretrained(str(tmp_path)).config == model.config
+    assert not {"graph", "noise"} & json.loads((tmp_path / "config.json").read_text()).keys()  # no diffusion

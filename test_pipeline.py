@@ -1,8 +1,9 @@
 """The pipeline end to end on tiny runs: checkpoints, the sampling command line, sample
 quality (evaluation.py), the autoregressive twin as a judge, and compare.py.
 
-The proofs of the math are in test_sedd.py (whose helpers are reused here), the data in
-test_prepare.py, the training loop and the CUDA path in test_train.py. CPU only, no network.
+The proofs of the math are in test_sedd.py, the data in test_prepare.py, the training loop and
+the CUDA path in test_train.py; tiny models and the tiny run come from testing.py. CPU only, no
+network.
 """
 import io
 import json
@@ -15,16 +16,16 @@ from xml.etree import ElementTree
 import pytest
 import torch
 
+import checkpoint
 import compare
 import evaluation
 import prepare
 import sampling
 import train
 from model import SEDD, SEDDConfig
-from noise import GeometricNoise, noise_config, noise_from_config
+from noise import NOISES, GeometricNoise, noise_config
 from sampling import text_prompt
-from test_sedd import batch, randomized, tiny
-from test_train import TINY_RUN
+from testing import TINY_RUN, batch, randomized, tiny
 
 
 # ---------------------------------------------------------------- model.py: checkpoints
@@ -42,8 +43,9 @@ def official_config(c):
 
 @pytest.mark.parametrize("fmt", ["bin", "safetensors", "save_pretrained"])
 def test_checkpoint_round_trip(tmp_path, fmt, float32):
-    """The official layout (written here) and save_pretrained load back bit-for-bit, with the
-    checkpoint's noise schedule (a geometric one's sigma_min and sigma_max too)."""
+    """The official layout (written here) and save_pretrained load back bit-for-bit through
+    checkpoint.load, with the checkpoint's graph and noise schedule (a geometric one's sigma_min
+    and sigma_max too) and the tokenizer of its meta.json."""
     path = tmp_path / "ckpt"
     if fmt == "save_pretrained":  # a uniform model
         c, noise = tiny(scale_by_sigma=False), GeometricNoise(sigma_min=1e-3, sigma_max=5.0)
@@ -60,10 +62,16 @@ def test_checkpoint_round_trip(tmp_path, fmt, float32):
             torch.save(m.state_dict(), path / "pytorch_model.bin")
         else:
             pytest.importorskip("safetensors.torch").save_file(m.state_dict(), str(path / "model.safetensors"))
-    m2 = SEDD.from_pretrained(str(path))
-    assert (m2.graph_name, m2.noise_config) == kinds and m2.config == c and not m2.training
-    noise = noise_from_config(m2.noise_config)
+    n_tokens = json.loads((path / "config.json").read_text())["tokens"]
+    (path / "meta.json").write_text(json.dumps({"name": "tiny", "tokenizer": "chars", "n_tokens": n_tokens,
+                                                "chars": [chr(97 + i) for i in range(n_tokens)]}))
+    m2, graph, noise, meta = checkpoint.load(str(path))
+    assert (graph.name, type(noise)) == (kinds[0], NOISES[kinds[1]["type"]]) and m2.config == c and not m2.training
     assert vars(noise) == ({"eps": 1e-3} if fmt != "save_pretrained" else {"sigma_min": 1e-3, "sigma_max": 5.0})
+    assert meta["name"] == "tiny" and graph.n_tokens == n_tokens
+    (path / "meta.json").unlink()  # official checkpoints have none: GPT-2 BPE, which does not fit this vocabulary
+    with pytest.raises(ValueError, match=f"has {n_tokens} tokens but the tokenizer of GPT-2 BPE has 50257"):
+        checkpoint.load(str(path))
     sa, sb = m.state_dict(), m2.state_dict()
     assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert torch.equal(m(*batch(c)), m2(*batch(c)))

@@ -1,15 +1,14 @@
 """The proofs: exact checks of every formula on tiny vocabularies, one section per file of the
-code in its reading order (noise, graph, loss, sampling); the network and its autoregressive
-twin are checked in test_model.py.
+code in its reading order (noise, graph, loss with the twin's likelihood, sampling with the twin's
+sampler); the network itself is checked in test_model.py.
 
-Exact checks run in float64 against torch.linalg.matrix_exp and brute-force enumeration of
-all sequences (length <= 3, <= 6 tokens). Statistical checks compare Monte Carlo averages
-with their exact values at a few standard errors, with fixed seeds. Models are float32: tests
-that build one take the float32 fixture (conftest.py). CPU only, no network. The pipeline is
+Exact checks run in float64 (conftest.py's default for tests) against torch.linalg.matrix_exp and
+brute-force enumeration of all sequences (length <= 3, <= 6 tokens). Statistical checks compare
+Monte Carlo averages with their exact values at a few standard errors, with fixed seeds. Models
+are float32: tests that build one take the float32 fixture. CPU only, no network. The pipeline is
 tested end to end in test_prepare.py, test_train.py and test_pipeline.py.
 """
 import inspect
-import itertools
 import math
 
 import numpy as np
@@ -21,9 +20,9 @@ from graph import Absorbing, Uniform, get_graph
 from loss import ar_nll, elbo, loss_fn, prior_loss, stratified_t
 from model import SEDD, SEDDConfig
 from noise import GeometricNoise, LogLinearNoise, get_noise
-from sampling import sample, sample_categorical
+from sampling import nucleus, sample, sample_ar, sample_categorical
+from testing import all_sequences, twin, twin_law
 
-torch.set_default_dtype(torch.float64)
 GRAPHS = [Absorbing, Uniform]
 NOISES = [LogLinearNoise(), GeometricNoise()]
 
@@ -78,10 +77,6 @@ class ExactScore:
         return out - log_p.gather(1, flat[:, None])[..., None]
 
 
-def all_sequences(dim, length):
-    return torch.tensor(list(itertools.product(range(dim), repeat=length)))
-
-
 def assert_close(got, expected, atol, what):
     error = (got - expected).abs().max().item()
     assert error <= atol, f"{what}: off by {error:.3g} (tolerance {atol:g})\ngot {got}\nexpected {expected}"
@@ -131,7 +126,8 @@ def test_rate_matrix_is_a_generator(graph_cls, n):
     assert get_graph({"Absorbing": "absorb", "Uniform": "uniform"}[graph_cls.__name__], n).dim == Q.shape[0]
 
 
-SIGMAS = torch.tensor([[1e-4], [0.3], [2.0], [9.0]])  # one noise level per sequence, as callers pass them
+# one noise level per sequence, as callers pass them; made at import, before the float64 fixture
+SIGMAS = torch.tensor([[1e-4], [0.3], [2.0], [9.0]], dtype=torch.float64)
 
 
 @pytest.mark.parametrize("graph_cls", GRAPHS)
@@ -449,32 +445,6 @@ def test_loss_at_initialisation(float32):
     assert_mean(losses, 64 * (1 - 1e-3) * math.log(27), "loss at initialisation, L (1 - eps) ln N")
 
 
-# ---------------------------------------------------------------- tiny models (test_model.py has model.py's tests)
-
-def tiny(**kw):
-    return SEDDConfig(**{**dict(vocab_size=11, n_embd=32, cond_dim=16, n_layer=2, n_head=4, block_size=8,
-                                dropout=0.0), **kw})
-
-
-def randomized(config, seed=0, std=0.2):
-    """A model with every parameter random, so that the zero-initialised paths matter too."""
-    torch.manual_seed(seed)
-    m = SEDD(config)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0.0, std)
-    return m.eval()
-
-
-def batch(config):
-    x = torch.randint(0, config.vocab_size, (3, config.block_size), generator=torch.Generator().manual_seed(1))
-    return x, torch.tensor([1e-4, 0.5, 7.0])
-
-
-def not_input(x, vocab_size):
-    return ~F.one_hot(x, vocab_size).bool()
-
-
 # ---------------------------------------------------------------- sampling.py
 # Monte Carlo checks bound the total variation between n samples and an exact law on K outcomes
 # by sqrt(K / n): E[TV] <= sqrt(K / n) / 2 and, by McDiarmid (TV has (1/n)-bounded differences),
@@ -652,6 +622,27 @@ def test_first_hitting_reveals_at_the_right_times(noise):
     x = sample(score, Absorbing(2), noise, (n, 2), None, "first_hitting")
     assert_tv(empirical(x, 2), law, math.sqrt(4 / n))
     assert tv(law, torch.full((2, 2), 0.25)) > 0.1
+
+
+def test_twin_samples_follow_its_law_and_nucleus(float32):
+    """Temperature 1 draws the twin's exact law (enumerated); a prefix is kept; the nucleus keeps
+    the most likely tokens up to top_p of the mass."""
+    model = twin(seed=1)
+    xs, p = twin_law(model, 3, 3)
+    torch.manual_seed(0)
+    n = 40_000
+    drawn = sample_ar(model, (n, 3))
+    freq = torch.bincount((drawn * torch.tensor([9, 3, 1])).sum(-1), minlength=27).double() / n
+    assert 0.5 * (freq - p).abs().sum().item() < 0.02  # the Monte Carlo floor is ~0.01 here
+    stats = {}
+    prefixed = sample_ar(model, (64, 3), prompt={0: 2}, stats=stats)
+    assert (prefixed[:, 0] == 2).all() and stats["network_evals"] == 2
+    with pytest.raises(ValueError, match="prefix"):
+        sample_ar(model, (2, 3), prompt={1: 0})
+    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])
+    assert torch.equal(nucleus(probs, 0.7), torch.tensor([[0.0, 0.5, 0.0, 0.25]]))
+    assert torch.equal(nucleus(probs, 0.5), torch.tensor([[0.0, 0.5, 0.0, 0.0]]))
+    assert torch.equal(nucleus(probs, 1.0), probs)
 
 
 def test_categorical_sampling_float64_and_float32():

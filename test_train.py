@@ -1,6 +1,7 @@
 """The training loop: configs and their mistakes, exact resume, fine-tuning, a device without
-float64, throughput, schedules, the EMA, data windows, training to a known entropy, torchrun;
-then the CUDA path (python -m pytest -m cuda), which skips, saying why, without a GPU.
+float64, throughput, schedules, the EMA, gradient accumulation, data windows, training to a known
+entropy, torchrun; then the CUDA path (python -m pytest -m cuda), which skips, saying why, without
+a GPU. Tiny models and the tiny run TINY_RUN come from testing.py.
 """
 import contextlib
 import copy
@@ -20,6 +21,9 @@ from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import bench
+import checkpoint
+import configurator
+import device
 import evaluation
 import model as M
 import prepare
@@ -31,17 +35,12 @@ from model import SEDD, SEDDConfig
 from noise import LogLinearNoise, noise_config
 from prepare import char_splits, proportional
 from sampling import sample
-from test_sedd import randomized, tiny
+from testing import TINY_RUN, randomized, tiny
 
 HERE = Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------- train.py
-
-TINY_RUN = dict(dataset="tiny", block_size=32, batch_size=4, n_layer=2, n_head=2, n_embd=32, cond_dim=16,
-                dropout=0.0, warmup_iters=2, learning_rate=1e-3, eval_batches=1, eval_n_t=2, sample_steps=4,
-                dtype="float32", compile=False, device="cpu")
-
 
 def params(out_dir):
     ckpt = torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=False)
@@ -99,7 +98,7 @@ def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float3
     rows = log_rows(straight)
     assert rows == log_rows(stopped) and [r[0] for r in rows if r[3]] == ["0", "3", "6"]
     assert all((straight / f).exists() for f in ("config.json", "pytorch_model.bin", "meta.json", "log.csv"))
-    assert SEDD.from_pretrained(str(straight)).graph_name == "absorb"  # the exported EMA weights load
+    assert checkpoint.load(str(straight))[1].name == "absorb"  # the exported EMA weights load
     capsys.readouterr()
     run(straight, init_from="resume", eval_only=True)
     assert capsys.readouterr().out.strip().startswith(f"val ELBO {last_eval} bits per character")
@@ -191,8 +190,8 @@ def test_finetune_from_pretrained(tiny_data, tmp_path, monkeypatch, float32):
            "init_from": f"pretrained:{pre}", "dropout": 0.3, "max_iters": 2, "eval_interval": 2}
     train.train(cfg)
     assert seen == [(True, {0.3}, schedule)] * 2
-    tuned = SEDD.from_pretrained(str(tmp_path / "ft"))
-    assert tuned.config.n_layer == 1 and tuned.config.dropout == 0.3 and tuned.noise_config == schedule
+    tuned, _, tuned_noise, _ = checkpoint.load(str(tmp_path / "ft"))
+    assert tuned.config.n_layer == 1 and tuned.config.dropout == 0.3 and noise_config(tuned_noise) == schedule
 
 
 class NoFloat64(TorchDispatchMode):
@@ -209,7 +208,7 @@ def test_device_without_float64_trains_evaluates_and_samples(tiny_data, tmp_path
     with NoFloat64():
         with pytest.raises(TypeError):
             torch.zeros(1, dtype=torch.float64)  # the simulation works
-        assert sampling.draw_dtype("cpu") is torch.float32
+        assert device.draw_dtype("cpu") is torch.float32
         cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path),
                "max_iters": 2, "eval_interval": 2}
         train.train(cfg)
@@ -270,6 +269,26 @@ def test_trainer_step_ema_warmup_and_stratified_t(tiny_data, float32):
     assert len(orders) > 10  # shuffled differently each time
 
 
+def test_gradient_accumulation_matches_one_large_batch(tiny_data, float32):
+    """Two micro-batches of 4 accumulated = one batch of 8: draw_step draws the same 8 windows, t
+    and x_t for both, so the losses of 4 steps and the weights after them agree. Summing the
+    micro-batch losses instead of averaging them doubles the loss returned (and logged); the
+    weights hardly show it, as AdamW ignores the gradient's scale (clipping aside)."""
+    def train_steps(batch_size, accumulation):
+        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "batch_size": batch_size,
+               "gradient_accumulation_steps": accumulation}
+        torch.manual_seed(0)
+        graph = get_graph("absorb", 28)
+        model = train.build_model(cfg, graph.dim)
+        trainer = train.Trainer(cfg, model, graph, LogLinearNoise(), train.Data(cfg, "train"),
+                                torch.device("cpu"))
+        losses = torch.stack([trainer.step()[0] for _ in range(4)])
+        return losses, torch.cat([p.detach().flatten() for p in model.parameters()])
+    (one_loss, one), (two_loss, two) = train_steps(8, 1), train_steps(4, 2)
+    assert torch.allclose(two_loss, one_loss, rtol=1e-6), f"losses {two_loss} accumulated, {one_loss} at once"
+    assert (two - one).norm() / one.norm() < 1e-6
+
+
 def test_random_windows_reach_the_last_token(tmp_path):
     meta = {"name": "count", "tokenizer": "chars", "chars": list("abcdefgh"), "n_tokens": 8, "split": "test"}
     prepare.write_dataset(str(tmp_path / "count"), {"train": [np.arange(6)], "val": [np.arange(4)],
@@ -309,8 +328,9 @@ def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32
     assert (tmp_path / "out" / "loss.png").exists()  # the loss curves, drawn with matplotlib
     model = SEDD.from_pretrained(str(tmp_path / "out"))
     diffusion = None if graph == "ar" else get_graph(graph, 3)
-    result = evaluation.evaluate(model, diffusion, LogLinearNoise(), train.Data(cfg, "val"), cfg,
-                            torch.device("cpu"), contextlib.nullcontext())
+    result = evaluation.evaluate(model, diffusion, LogLinearNoise(), train.Data(cfg, "val"),
+                                 cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"], cfg["eval_n_t"],
+                                 cfg["seed"], torch.device("cpu"), contextlib.nullcontext())
     assert iid - entropy > 0.3 and entropy - 3 * result["bits_se"] < result["bits"] < entropy + 0.1
     assert f"the source's entropy {entropy:.4f}" in evaluation.report(result, train.Data(cfg, "val").meta, "val")
 
@@ -340,7 +360,7 @@ def test_command_line_help_warnings_and_errors(tmp_path, tiny_data, capsys, floa
     with exit status 1 and no traceback (checked on real processes once), in every tool."""
     run = lambda *args: subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
     done = run("train.py", "--help")
-    assert done.returncode == 0 and all(f"--{key}=" in done.stdout for key in train.DEFAULTS)
+    assert done.returncode == 0 and all(f"--{key}=" in done.stdout for key in configurator.DEFAULTS)
     assert "--sampling_eps=0.001" in done.stdout and "t ~ U[sampling_eps, 1]" in done.stdout
     done = run("train.py", "config/text8_tiny.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}")
     assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
@@ -399,7 +419,8 @@ def test_evaluator_is_loss_fn_plus_prior(tiny_data, float32):
     with torch.no_grad():
         model.output_layer.linear.weight.normal_()  # a non-trivial score
     graph, noise, data = get_graph("absorb", 28), LogLinearNoise(), train.Data(cfg, "val")
-    result = evaluation.evaluate(model, graph, noise, data, cfg, torch.device("cpu"), contextlib.nullcontext())
+    result = evaluation.evaluate(model, graph, noise, data, n_seqs=3 * 4, batch_size=4, n_t=4, seed=cfg["seed"],
+                                 device=torch.device("cpu"), ctx=contextlib.nullcontext())
     torch.manual_seed(cfg["seed"])
     nats = []
     for x0 in data.eval_batches(3 * 4, 4):
@@ -476,7 +497,7 @@ def test_cuda_attention_matches_float32_softmax(causal, float32):
 def test_cuda_sampling_draws_in_float64(float32):
     model = randomized(tiny(vocab_size=11), std=0.3).cuda()
     graph, noise = Absorbing(10), LogLinearNoise()
-    assert sampling.draw_dtype(torch.device("cuda")) is torch.float64
+    assert device.draw_dtype(torch.device("cuda")) is torch.float64
     for predictor, steps in (("analytic", 16), ("first_hitting", None)):
         stats = {}
         x = sample(model, graph, noise, (4, 8), steps, predictor, prompt={2: 5}, device="cuda", stats=stats)

@@ -2,20 +2,10 @@
 # torchrun --standalone --nproc_per_node=8 train.py config/owt_medium.py
 # Token budget: 512 x 1024 = 524,288 tokens per step; x 400,000 steps = 210B tokens.
 # Model FLOPs ~ 6 x 353M x 210B + attention ~ 5e20: about 8 days on 8 A100s at 30% MFU.
+include("owt_small.py")
 out_dir = "out/owt_medium"
-dataset = "openwebtext"
-block_size = 1024
 batch_size = 16                    # per GPU per micro-step (bf16, 80 GB)
 gradient_accumulation_steps = 32   # global batch 512 (4 micro-steps each on 8 GPUs)
 n_layer = 24
 n_head = 16
 n_embd = 1024
-cond_dim = 128
-dropout = 0.1
-learning_rate = 3e-4
-warmup_iters = 2500
-max_iters = 400_000
-ema_decay = 0.9999
-eval_interval = 10_000
-eval_batches = 8
-eval_n_t = 32

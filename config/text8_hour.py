@@ -5,22 +5,7 @@
 # model and recipe, 5.3x longer. Other hour-long recipes did worse: 6 layers at batch 16 for 5,000
 # steps reached 2.614; 6 layers at batch 8 left the unigram plateau late (step ~450) and had 3.61
 # bits at step 1,000, where 4 layers had 3.2. 8,000 more steps at a constant 3e-4 reached 2.475.
+include("text8_tiny.py")
 out_dir = "out/text8_hour"
-dataset = "text8"
-block_size = 256
-batch_size = 8
-n_layer = 4
-n_head = 4
-n_embd = 256
-cond_dim = 64
-dropout = 0.0
-learning_rate = 1e-3
-warmup_iters = 200
 max_iters = 16000
-decay_lr = True
-min_lr = 3e-4
-ema_decay = 0.999
 eval_interval = 4000
-eval_batches = 16  # 16 x 8 = 128 val sequences
-log_interval = 100
-compile = False
