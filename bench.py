@@ -148,9 +148,9 @@ def bench_training(cfg, bench, device, graph, noise, peaks):
     tokens = cfg["batch_size"] * cfg["gradient_accumulation_steps"] * L
     flops = build_model(cfg, graph).estimate_flops_per_token()
     path = (pick_dtype(cfg["dtype"], device), pick_compile(cfg["compile"], device))
-    print(f"\ntraining: {tokens:,} tokens per step (batch {cfg['batch_size']} x {cfg['gradient_accumulation_steps']} "
-          f"x {L}), {flops / 1e6:.1f} MFLOP per token; {bench['rounds']} rounds of {bench['window']} step(s) per "
-          "variant, round-robin; medians")
+    print(f"\ntraining: {tokens:,} tokens per step (batch {cfg['batch_size']} x "
+          f"{cfg['gradient_accumulation_steps']} x {L}), {flops / 1e6:.1f} MFLOP per token; "
+          f"{bench['rounds']} rounds of {bench['window']} step(s) per variant, round-robin; medians")
     variants, info = warm_up_variants(cfg, bench, data, graph, noise, device, peaks)
     times, memory = time_round_robin(variants, bench, device)
     base = times.get("fp32")
@@ -164,13 +164,15 @@ def bench_training(cfg, bench, device, graph, noise, peaks):
         ratio = f"{statistics.median(b / t for b, t in zip(base, times[name])):.2f}x" if base else "-"
         mem = f"{memory[name] / 2**20:,.0f} MiB" if device.type == "cuda" else "-"
         default = "  <- train.py's path for this config" if (dtype, name.endswith("compile")) == path else ""
-        print(f"{name:<14}{tps:>10,.0f}{ratio:>9}{100 * flops * tps / peaks[dtype]:>7.1f}%{mem:>11}  {info[name]}{default}")
+        mfu = 100 * flops * tps / peaks[dtype]
+        print(f"{name:<14}{tps:>10,.0f}{ratio:>9}{mfu:>7.1f}%{mem:>11}  {info[name]}{default}")
     print("vs fp32: median over rounds of the ratio to fp32 in the same round. MFU: of the dtype's peak.")
     if device.type == "cuda":
         print("peak mem: the variant's weights, EMA and AdamW state + its peak allocation during a step")
     else:
         import resource  # Unix; ru_maxrss is in KiB on Linux, bytes on macOS
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        unit = 2**20 if sys.platform == "darwin" else 2**10
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit
         print(f"peak mem on CPU: the resident set of the whole process (all variants together, ru_maxrss): "
               f"{rss:,.0f} MiB")
 
@@ -184,14 +186,16 @@ def bench_sampling(cfg, bench, device, graph, noise):
           "does not depend on them)")
     print(f"{'sampler':<28}{'seconds':>9}{'tokens/s':>10}{'evals/s':>9}{'evals':>7}")
     if cfg["ar"]:
-        runs = {"twin, left to right": lambda stats: sample_ar(model, (B, L), dtype=draws, device=device, stats=stats)}
+        runs = {"twin, left to right":
+                lambda stats: sample_ar(model, (B, L), dtype=draws, device=device, stats=stats)}
     else:
-        runs = {f"Tweedie, {m * L} steps": (lambda stats, m=m: sample(model, graph, noise, (B, L), m * L, dtype=draws,
-                                                                       device=device, stats=stats))
+        def diffusion(steps, predictor="analytic"):  # one sampler run, timed below
+            return lambda stats: sample(model, graph, noise, (B, L), steps, predictor, dtype=draws, device=device,
+                                        stats=stats)
+        runs = {f"Tweedie, {m * L} steps": diffusion(m * L)
                 for m in sorted(int(m) for m in str(bench["sample_steps"]).split(","))}
         if cfg["graph"] == "absorb":
-            runs["first hitting (exact)"] = lambda stats: sample(model, graph, noise, (B, L), None, "first_hitting",
-                                                                 dtype=draws, device=device, stats=stats)
+            runs["first hitting (exact)"] = diffusion(None, "first_hitting")
     for name, run in runs.items():
         stats = {}
         torch.manual_seed(cfg["seed"])
@@ -201,7 +205,8 @@ def bench_sampling(cfg, bench, device, graph, noise):
             run(stats)
         sync(device)
         sec = time.perf_counter() - start
-        print(f"{name:<28}{sec:>9.2f}{B * L / sec:>10,.0f}{stats['network_evals'] / sec:>9.1f}{stats['network_evals']:>7}")
+        evals = stats["network_evals"]
+        print(f"{name:<28}{sec:>9.2f}{B * L / sec:>10,.0f}{evals / sec:>9.1f}{evals:>7}")
     print("evals: network forward passes of the batch")
 
 
@@ -232,8 +237,8 @@ def check_quality(cfg, iters, device, graph, noise):
             print(f"{name:<36} val ELBO {results[name]['bits']:.4f} +- {results[name]['bits_se']:.4f} {unit} "
                   f"({time.perf_counter() - start:.0f}s)")
     (a, b) = results.values()
-    print(f"difference: {b['bits'] - a['bits']:+.4f} {unit}; the same {a['n']} val sequences and the same t and x_t "
-          f"({cfg['eval_n_t']} per sequence) for both, evaluated in float32")
+    print(f"difference: {b['bits'] - a['bits']:+.4f} {unit}; the same {a['n']} val sequences and the same t "
+          f"and x_t ({cfg['eval_n_t']} per sequence) for both, evaluated in float32")
 
 
 def measure_peaks(device):
@@ -251,8 +256,8 @@ def measure_peaks(device):
 
 def main(argv):
     if "-h" in argv or "--help" in argv:
-        print(__doc__ + "\nbench.py's own settings (any other --key=value is train.py's: python train.py --help):\n"
-              + settings_help(__file__, "BENCH"))
+        print(__doc__ + "\nbench.py's own settings (any other --key=value is train.py's: "
+              "python train.py --help):\n" + settings_help(__file__, "BENCH"))
         raise SystemExit(0)
     bench, rest = split_args(argv)
     if all(arg.startswith("--") for arg in rest):  # no config file named: the default one
@@ -269,9 +274,9 @@ def main(argv):
     graph, noise = get_graph(cfg["graph"], meta["n_tokens"]), get_noise(cfg["noise"])
     model = build_model(cfg, graph)
     print(f"bench.py {' '.join(argv)}\n{cfg['dataset']}: {cfg['n_layer']} layers, {cfg['n_embd']} hidden, "
-          f"{cfg['n_head']} heads, length {cfg['block_size']}; {model.num_params():,} parameters; device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-             f", {torch.get_num_threads()} threads") + f"; torch {torch.__version__}")
+          f"{cfg['n_head']} heads, length {cfg['block_size']}; {model.num_params():,} parameters; "
+          f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                                f", {torch.get_num_threads()} threads") + f"; torch {torch.__version__}")
     peaks = measure_peaks(device)
     start = time.perf_counter()
     bench_training(cfg, bench, device, graph, noise, peaks)

@@ -82,6 +82,6 @@ def load_training_state(out_dir):
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a cut or corrupted file fails in many ways: zip, pickle, end of file
         reason = str(e).split("\n")[0].split(". ")[0] or type(e).__name__  # not torch's advice after it
-        raise ValueError(f"{path} is damaged ({reason}); nothing was changed. The EMA weights exported with it "
-                         f"(config.json, pytorch_model.bin) can start a new run in another --out_dir with "
-                         f"--init_from=pretrained:{out_dir}") from None
+        raise ValueError(f"{path} is damaged ({reason}); nothing was changed. The EMA weights exported "
+                         f"with it (config.json, pytorch_model.bin) can start a new run in another "
+                         f"--out_dir with --init_from=pretrained:{out_dir}") from None

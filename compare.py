@@ -64,8 +64,8 @@ def ngram_bits(data_dir, n, k=0.1):
     split plus k for every character (add-k smoothing), the first n - 1 val characters left out."""
     meta = load_meta(data_dir)
     V = meta["n_tokens"]
-    train_ids, val_ids = (np.fromfile(os.path.join(data_dir, f"{s}.bin"), dtype=meta["dtype"]).astype(np.int64)
-                          for s in ("train", "val"))
+    split = lambda s: np.fromfile(os.path.join(data_dir, f"{s}.bin"), dtype=meta["dtype"]).astype(np.int64)
+    train_ids, val_ids = split("train"), split("val")
 
     def codes(ids):  # each window of n characters as one base-V number
         return sum(ids[i:len(ids) - n + 1 + i] * V ** (n - 1 - i) for i in range(n))
@@ -245,10 +245,13 @@ def plot(points, judge, path):
         print("no plot: pip install matplotlib")
         return
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    tweedie = lambda label: label.startswith("SEDD Absorb") and label.endswith(" steps")  # the line; the rest are points
-    for ax, key, ylabel in ((axes[0], "ppl", f"perplexity per character under {os.path.basename(judge.rstrip('/'))}"),
+    # Tweedie at several step counts is the line; the other samplers are points
+    tweedie = lambda label: label.startswith("SEDD Absorb") and label.endswith(" steps")
+    judge_name = os.path.basename(judge.rstrip("/"))
+    for ax, key, ylabel in ((axes[0], "ppl", f"perplexity per character under {judge_name}"),
                             (axes[1], "words", "real words")):
-        ax.plot(*zip(*[(e, s[key]) for label, e, _, s in points if tweedie(label)]), "o-", label="SEDD Absorb, Tweedie")
+        line = [(e, s[key]) for label, e, _, s in points if tweedie(label)]
+        ax.plot(*zip(*line), "o-", label="SEDD Absorb, Tweedie")
         for label, e, _, s in points:
             if not tweedie(label):
                 ax.plot(e, s[key], "*" if label.startswith("SEDD") else "s", markersize=10, label=label)

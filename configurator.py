@@ -60,7 +60,7 @@ DEFAULTS = dict(
     ema_decay=0.9999,
     # system
     device="auto",         # "auto" | "cpu" | "cuda" | "mps" (auto: cuda, then mps, then cpu)
-    dtype="auto",          # "auto" | "float32" | "bfloat16" (autocast); auto: bf16 on CUDA and bf16-capable CPUs
+    dtype="auto",          # "auto" | "float32" | "bfloat16" (autocast); auto: bf16 on CUDA, bf16 CPUs
     compile="auto",        # "auto" | True | False; auto: on for CUDA
     seed=1337,
 )
@@ -101,7 +101,7 @@ def load_config(argv):
     --key=value; checked as a whole (check_config). -h / --help prints every setting. A config
     file may start from another with include("other.py") (a file in the same folder)."""
     if "-h" in argv or "--help" in argv:
-        print("usage: python train.py [config/NAME.py ...] [--key=value ...]   (torchrun for several processes)\n"
+        print("usage: python train.py [config/NAME.py ...] [--key=value ...]   (torchrun: several processes)\n"
               "Config files and overrides apply in order, over these defaults:\n"
               + settings_help(__file__, "DEFAULTS"))
         raise SystemExit(0)
@@ -153,5 +153,5 @@ def check_config(cfg):
         fail(f"--n_head={cfg['n_head']} must divide --n_embd={cfg['n_embd']} into heads of even size "
              f"(rotary embeddings rotate pairs)")
     if cfg["max_iters"] < cfg["warmup_iters"] and cfg["init_from"] != "resume" and not cfg["eval_only"]:
-        print(f"warning: max_iters={cfg['max_iters']} < warmup_iters={cfg['warmup_iters']}: the learning rate "
-              f"never reaches {cfg['learning_rate']}")
+        print(f"warning: max_iters={cfg['max_iters']} < warmup_iters={cfg['warmup_iters']}: the learning "
+              f"rate never reaches {cfg['learning_rate']}")

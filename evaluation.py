@@ -59,7 +59,8 @@ def evaluate(model, graph, noise, data, n_seqs, batch_size, n_t, seed, device, c
     mean = statistics.fmean(nats)
     se = statistics.stdev(nats) / math.sqrt(len(nats)) if len(nats) > 1 else float("nan")
     return dict(nats=mean, se=se, bits=bits_per_token(mean, L), bits_se=bits_per_token(se, L), length=L,
-                ppl=perplexity(mean, L), prior=None if graph is None else prior_loss(graph, noise, L), n=len(nats))
+                ppl=perplexity(mean, L), prior=None if graph is None else prior_loss(graph, noise, L),
+                n=len(nats))
 
 
 def source_entropy(meta, length):

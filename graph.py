@@ -126,7 +126,8 @@ class Absorbing(Graph):
         # at y and 1 - e^{delta_sigma} at MASK; the MASK column is the unit vector at MASK.
         delta_sigma = delta_sigma.unsqueeze(-1)
         out = score * torch.exp(delta_sigma)
-        out[..., self.mask] = score[..., self.mask] - torch.expm1(delta_sigma[..., 0]) * score[..., : self.mask].sum(-1)
+        real = score[..., : self.mask].sum(-1)
+        out[..., self.mask] = score[..., self.mask] - torch.expm1(delta_sigma[..., 0]) * real
         return out
 
     def sample_transition(self, x0, sigma, generator=None):
@@ -169,7 +170,8 @@ class Uniform(Graph):
         return torch.full((N, N), 1.0 / N, dtype=torch.float64) - torch.eye(N, dtype=torch.float64)
 
     def rates_into(self, x_t):
-        return torch.full((*x_t.shape, self.dim), 1.0 / self.dim, device=x_t.device) - F.one_hot(x_t, self.dim)
+        uniform = torch.full((*x_t.shape, self.dim), 1.0 / self.dim, device=x_t.device)
+        return uniform - F.one_hot(x_t, self.dim)
 
     def transition(self, x0, sigma):
         # Column x0 of e^{-sigma} I + (1 - e^{-sigma}) 1 1^T / N.
@@ -183,7 +185,8 @@ class Uniform(Graph):
     def staggered_score(self, score, delta_sigma):
         # exp(-delta_sigma Q) = e^{delta_sigma} I + (1 - e^{delta_sigma}) 1 1^T / N.
         delta_sigma = delta_sigma.unsqueeze(-1)
-        return score * torch.exp(delta_sigma) - torch.expm1(delta_sigma) * score.sum(-1, keepdim=True) / self.dim
+        moved = torch.expm1(delta_sigma) * score.sum(-1, keepdim=True) / self.dim
+        return score * torch.exp(delta_sigma) - moved
 
     def sample_transition(self, x0, sigma, generator=None):
         # With probability 1 - e^{-sigma} the token is redrawn uniformly (possibly itself).

@@ -99,7 +99,8 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, sigma):
         half = self.n_freq // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half)
+        k = torch.arange(half, dtype=torch.float32, device=sigma.device)
+        freqs = torch.exp(-math.log(10000) * k / half)
         args = sigma[:, None] * freqs[None]
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
@@ -134,7 +135,8 @@ def attention(qkv, causal=False):
     if use_flash and qkv.dtype in (torch.float16, torch.bfloat16):
         # the official call: sequences packed end to end, here all of length L
         cu_seqlens = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device=qkv.device)
-        out = flash_attn_varlen_qkvpacked_func(qkv.reshape(B * L, 3, nh, hd), cu_seqlens, L, 0.0, causal=causal)
+        packed = qkv.reshape(B * L, 3, nh, hd)
+        out = flash_attn_varlen_qkvpacked_func(packed, cu_seqlens, L, 0.0, causal=causal)
     else:
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, n_head, L, head_dim]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
@@ -278,7 +280,8 @@ class SEDD(nn.Module):
                 raise ValueError(f"{cfg_file}: unknown graph.type {graph!r}")
             # "length" is optional: the official code never reads it (rotary has no position
             # table), and the official models were trained at the default 1024 tokens
-            config = SEDDConfig(vocab_size=hf["tokens"] + (graph == "absorb" or causal), n_embd=m["hidden_size"],
+            config = SEDDConfig(vocab_size=hf["tokens"] + (graph == "absorb" or causal),
+                                n_embd=m["hidden_size"],
                                 cond_dim=m["cond_dim"], n_layer=m["n_blocks"], n_head=m["n_heads"],
                                 block_size=m.get("length", SEDDConfig.block_size),
                                 dropout=m["dropout"] if dropout is None else dropout, causal=causal,
@@ -290,7 +293,8 @@ class SEDD(nn.Module):
             try:
                 from safetensors.torch import load_file
             except ImportError:
-                raise ImportError(f"{st_file} needs the safetensors package: pip install safetensors") from None
+                raise ImportError(f"{st_file} needs the safetensors package: "
+                                  "pip install safetensors") from None
             state = load_file(st_file)
         elif os.path.isfile(pt_file):
             state = torch.load(pt_file, map_location="cpu", weights_only=True)
@@ -342,6 +346,6 @@ def checkpoint_dir(name_or_dir):
             path = snapshot_download(name_or_dir, allow_patterns=["config.json", "pytorch_model.bin"])
     except Exception as e:  # offline, no such repository, ...: one line, not the hub's traceback
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise FileNotFoundError(f"{name_or_dir!r} is not a local directory (train.py writes one per run), and "
-                                f"downloading it as a Hugging Face hub id failed: {first_line}") from None
+        raise FileNotFoundError(f"{name_or_dir!r} is not a local directory (train.py writes one per run), "
+                                f"and downloading it as a Hugging Face hub id failed: {first_line}") from None
     return path

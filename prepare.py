@@ -73,7 +73,8 @@ def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         name = os.path.basename(os.path.normpath(data_dir))
-        cmd = {"text8": "text8", "openwebtext": "owt", "toy": "toy"}.get(name, f"chars --src FILE --name {name}")
+        known = {"text8": "text8", "openwebtext": "owt", "toy": "toy"}
+        cmd = known.get(name, f"chars --src FILE --name {name}")
         cmd = f"zeroshot --set {name}" if name in ZEROSHOT else cmd
         raise FileNotFoundError(f"{path} not found: prepare the dataset first with "
                                 f"`python prepare.py {cmd}`")

@@ -155,8 +155,8 @@ def first_hitting(model, graph, noise, B, L, positions, tokens, dtype, device, c
     the output follows the data law exactly: starting from all MASK loses nothing, since whether
     a token is masked does not depend on its value."""
     if not isinstance(graph, Absorbing):
-        raise ValueError("first_hitting simulates the absorbing graph's reverse process; it does not apply to "
-                         "the uniform graph, whose tokens can change many times: use 'analytic' or 'euler'")
+        raise ValueError("first_hitting simulates the absorbing graph's reverse process; it does not apply "
+                         "to the uniform graph, whose tokens can change many times: use 'analytic' or 'euler'")
     x = graph.sample_limit(B, L, device=device)
     x[:, positions] = tokens
     masked = x == graph.mask
@@ -202,7 +202,8 @@ def nucleus(probs, top_p):
 
 
 @torch.no_grad()
-def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device="cpu", callback=None, stats=None):
+def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device="cpu", callback=None,
+              stats=None):
     """Samples [B, L] of the autoregressive twin, left to right: each token drawn from the
     model's next-token law (temperature 1), or from its nucleus renormalised when top_p < 1.
 
@@ -215,7 +216,8 @@ def sample_ar(model, shape, prompt=None, top_p=1.0, dtype=torch.float64, device=
     bos = model.bos
     positions, tokens = prompt_tensors(prompt, bos, L, device)
     if sorted(positions.tolist()) != list(range(len(positions))):
-        raise ValueError("the autoregressive twin continues a prefix: its prompt must hold positions 0, 1, ..., k-1")
+        raise ValueError("the autoregressive twin continues a prefix: its prompt must hold positions "
+                         "0, 1, ..., k-1")
     x = torch.full((B, L + 1), bos, dtype=torch.long, device=device)
     x[:, positions + 1] = tokens
     for i in range(len(positions), L):
@@ -279,7 +281,8 @@ class Watch:
                 print(head + render(ids, self.decode, self.blank), file=self.stream)
             return
         prev = self.prev or [self.blank] * len(ids)
-        text = "".join("_" if i == self.blank else f"\033[1;32m{self.decode([i])}\033[0m" if i != p else self.decode([i])
+        changed = lambda i: f"\033[1;32m{self.decode([i])}\033[0m"  # bold green
+        text = "".join("_" if i == self.blank else changed(i) if i != p else self.decode([i])
                        for i, p in zip(ids, prev))
         if self.height:  # back to the first line of the last drawing, and clear from there
             self.stream.write(f"\033[{self.height}F\033[J")
@@ -298,12 +301,13 @@ def svg_animation(frames, decode, blank, columns=64, seconds=8.0, max_frames=64)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{columns * 10 + 20}" height="{rows * 22 + 20}" '
            'font-family="monospace" font-size="16"><rect width="100%" height="100%" fill="white"/>']
     for k, ids in enumerate(frames):
-        show = f'begin="{k * dt:.3f}s" fill="freeze"' if k == len(frames) - 1 else f'begin="{k * dt:.3f}s" dur="{dt:.3f}s"'
+        last = k == len(frames) - 1
+        show = f'begin="{k * dt:.3f}s" fill="freeze"' if last else f'begin="{k * dt:.3f}s" dur="{dt:.3f}s"'
         out.append(f'<g visibility="hidden"><set attributeName="visibility" to="visible" {show}/>')
         for r in range(rows):
             runs = itertools.groupby(ids[r * columns:(r + 1) * columns], key=lambda i: i == blank)
-            text = "".join(f'<tspan fill="#bbb">{"_" * len(list(run))}</tspan>' if masked else html.escape(decode(list(run)))
-                           for masked, run in runs)
+            text = "".join(f'<tspan fill="#bbb">{"_" * len(list(run))}</tspan>' if blanks
+                           else html.escape(decode(list(run))) for blanks, run in runs)
             out.append(f'<text x="10" y="{28 + 22 * r}" xml:space="preserve">{text}</text>')
         out.append("</g>")
     return "\n".join(out + ["</svg>"])

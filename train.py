@@ -104,7 +104,8 @@ class Trainer:
         model.to(device).train()  # train mode: dropout on (a pretrained model arrives in eval mode)
         self.ema_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], eps=1e-8,
-                                           betas=(cfg["beta1"], cfg["beta2"]), weight_decay=cfg["weight_decay"])
+                                           betas=(cfg["beta1"], cfg["beta2"]),
+                                           weight_decay=cfg["weight_decay"])
         # checkpoints save `model`, so the compiled wrapper's _orig_mod. prefix never reaches them
         net = torch.compile(model) if pick_compile(cfg["compile"], device) else model
         self.net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if ddp else net
