@@ -41,7 +41,8 @@ def test_exercises_name_real_functions_tests_and_wrong_answers():
         assert (HERE / command[3]).is_file() and command[3].startswith("test_"), check
         assert any(target in names for target, _ in WRONG.values()), f"wrong_answers.py has none for {names}"
     named = {name for names, _ in EXERCISES for name in names}
-    assert all(target in named for target, _ in WRONG.values()), "a wrong answer for a function of no exercise"
+    assert all(target in named for target, _ in WRONG.values()), \
+        "a wrong answer for a function of no exercise"
 
 
 @pytest.mark.parametrize("number", range(1, len(EXERCISES) + 1))

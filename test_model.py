@@ -31,7 +31,8 @@ def test_official_parameter_counts(preset, expected, float32):
 
 @pytest.mark.parametrize("sigma_2d", [False, True])
 def test_output_contract(sigma_2d, float32):
-    """Shape, dtype, 0 at the input token; exactly the scale_by_sigma prior at init; dropout in training only."""
+    """Shape, dtype, 0 at the input token; exactly the scale_by_sigma prior at init; dropout in
+    training only."""
     c = tiny()
     x, sigma = batch(c)
     s = sigma[:, None] if sigma_2d else sigma
@@ -45,7 +46,8 @@ def test_output_contract(sigma_2d, float32):
     assert SEDD(c).vocab_embed.embedding.abs().max() <= c.n_embd ** -0.5  # the official uniform init
     m = randomized(tiny(dropout=0.3))
     out = m(x, s)
-    assert torch.isfinite(out).all() and out.abs().max() > 1.0 and torch.equal(out[~off], torch.zeros(x.numel()))
+    assert (torch.isfinite(out).all() and out.abs().max() > 1.0
+            and torch.equal(out[~off], torch.zeros(x.numel())))
     assert torch.equal(out, m(x, s))  # eval mode: deterministic
     m.train()
     assert not torch.allclose(m(x, s), m(x, s))
@@ -63,7 +65,8 @@ def reference_forward(model, x, sigma):
     lin = lambda h, name, bias=True: h @ W(name + ".weight").T + (W(name + ".bias") if bias else 0)
     freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float64) / 128)
     args = sigma.double()[:, None] * freqs
-    cond = F.silu(lin(F.silu(lin(torch.cat([args.cos(), args.sin()], -1), "sigma_map.mlp.0")), "sigma_map.mlp.2"))
+    cond = F.silu(lin(F.silu(lin(torch.cat([args.cos(), args.sin()], -1), "sigma_map.mlp.0")),
+                      "sigma_map.mlp.2"))
     angle = torch.arange(L, dtype=torch.float64)[:, None, None] * W("rotary_emb.inv_freq")  # [L, 1, hd/2]
 
     def rot(t):  # rotate the pair (d, d + hd/2) by angle[d] (GPT-NeoX half-split layout)
@@ -121,7 +124,8 @@ def test_rotary_logits_depend_only_on_relative_position(float32):
     expected = torch.zeros(16)
     expected[3], expected[11] = torch.cos(angle), torch.sin(angle)
     got = rotated(F.one_hot(torch.tensor(3), 16).float(), 5)
-    assert torch.allclose(got, expected, atol=1e-6), f"e_3 rotated at position 5: got {got}, expected {expected}"
+    assert torch.allclose(got, expected, atol=1e-6), \
+        f"e_3 rotated at position 5: got {got}, expected {expected}"
     assert torch.equal(M.Rotary(16).inv_freq, 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16))
 
 

@@ -32,10 +32,12 @@ from testing import TINY_RUN, batch, randomized, tiny
 
 def official_config(c):
     """config.json as the official release writes it (its whole hydra config)."""
-    return {"ngpus": 8, "tokens": c.vocab_size - 1, "graph": {"type": "absorb", "file": "data", "report_all": False},
+    return {"ngpus": 8, "tokens": c.vocab_size - 1,
+            "graph": {"type": "absorb", "file": "data", "report_all": False},
             "training": {"batch_size": 512, "accum": 1, "n_iters": 1300001, "ema": 0.9999},
             "data": {"train": "openwebtext", "valid": "wikitext103", "cache_dir": "data"},
-            "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20}, "optim": {"lr": 3e-4, "warmup": 2500},
+            "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20},
+            "optim": {"lr": 3e-4, "warmup": 2500},
             "model": {"name": "small", "type": "ddit", "hidden_size": c.n_embd, "cond_dim": c.cond_dim,
                       "length": c.block_size, "n_blocks": c.n_layer, "n_heads": c.n_head,
                       "scale_by_sigma": c.scale_by_sigma, "dropout": c.dropout}}
@@ -61,15 +63,19 @@ def test_checkpoint_round_trip(tmp_path, fmt, float32):
         if fmt == "bin":
             torch.save(m.state_dict(), path / "pytorch_model.bin")
         else:
-            pytest.importorskip("safetensors.torch").save_file(m.state_dict(), str(path / "model.safetensors"))
+            pytest.importorskip("safetensors.torch").save_file(m.state_dict(),
+                                                               str(path / "model.safetensors"))
     n_tokens = json.loads((path / "config.json").read_text())["tokens"]
     (path / "meta.json").write_text(json.dumps({"name": "tiny", "tokenizer": "chars", "n_tokens": n_tokens,
                                                 "chars": [chr(97 + i) for i in range(n_tokens)]}))
     m2, graph, noise, meta = checkpoint.load(str(path))
-    assert (graph.name, type(noise)) == (kinds[0], NOISES[kinds[1]["type"]]) and m2.config == c and not m2.training
-    assert vars(noise) == ({"eps": 1e-3} if fmt != "save_pretrained" else {"sigma_min": 1e-3, "sigma_max": 5.0})
+    assert ((graph.name, type(noise)) == (kinds[0], NOISES[kinds[1]["type"]]) and m2.config == c
+            and not m2.training)
+    assert vars(noise) == ({"eps": 1e-3} if fmt != "save_pretrained"
+                           else {"sigma_min": 1e-3, "sigma_max": 5.0})
     assert meta["name"] == "tiny" and graph.n_tokens == n_tokens
-    (path / "meta.json").unlink()  # official checkpoints have none: GPT-2 BPE, which does not fit this vocabulary
+    # official checkpoints have none: GPT-2 BPE, which does not fit this vocabulary
+    (path / "meta.json").unlink()
     with pytest.raises(ValueError, match=f"has {n_tokens} tokens but the tokenizer of GPT-2 BPE has 50257"):
         checkpoint.load(str(path))
     sa, sb = m.state_dict(), m2.state_dict()
@@ -124,7 +130,8 @@ def test_text_prompt_and_cli(tmp_path, capsys, float32):
         text_prompt(encode, 6, "abc", spans={2: "x"})
     chars = " abcdefghij"
     # the zero-initialised network: the exact score of uniform text, so masks fill in gradually
-    SEDD(tiny(vocab_size=len(chars) + 1, block_size=16)).save_pretrained(tmp_path, "absorb", {"type": "loglinear"})
+    SEDD(tiny(vocab_size=len(chars) + 1, block_size=16)).save_pretrained(tmp_path, "absorb",
+                                                                         {"type": "loglinear"})
     meta = dict(name="tiny", tokenizer="chars", chars=chars, n_tokens=len(chars))
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     argv = ["--ckpt", str(tmp_path), "--steps", "20", "--batch_size", "3", "--device", "cpu", "--seed", "1"]
@@ -136,8 +143,10 @@ def test_text_prompt_and_cli(tmp_path, capsys, float32):
     assert capsys.readouterr().out.count("step ") == 8
     sampling.main(argv + ["--animate", str(tmp_path / "a.svg"), "--predictor", "first_hitting"])
     frames = ElementTree.parse(tmp_path / "a.svg").getroot().findall("{http://www.w3.org/2000/svg}g")
-    assert len(frames) == 16 and 'fill="freeze"' in (tmp_path / "a.svg").read_text()  # a frame per token, held
-    for bad, msg in [(["--prefix", "abcdefghij", "--suffix", "abcdefghij"], r"20 tokens \(prefix 10, suffix 10\) .* 16"),
+    # a frame per token, held
+    assert len(frames) == 16 and 'fill="freeze"' in (tmp_path / "a.svg").read_text()
+    for bad, msg in [(["--prefix", "abcdefghij", "--suffix", "abcdefghij"],
+                      r"20 tokens \(prefix 10, suffix 10\) .* 16"),
                      (["--prefix", "xyz"], "not in the vocabulary"), (["--length", "17"], "block_size 16")]:
         with pytest.raises(SystemExit, match=msg):
             sampling.main(argv + bad)
@@ -193,7 +202,8 @@ def test_generative_perplexity_errors(gpt2_bpe):
 def test_generative_perplexity_with_tiny_gpt2_judge(gpt2_bpe, float32):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=8))
+    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32,
+                                                                 n_positions=8))
     ppl = evaluation.generative_perplexity(TEXTS, judge, batch_size=2)
     assert math.isfinite(ppl) and ppl > 1
     # the same by hand: each chunk of at most 8 tokens alone through the judge
@@ -222,7 +232,8 @@ def test_unigram_entropy():
     p = torch.tensor([0.5, 0.25, 0.25])
     assert evaluation.unigram_entropy([7, 7, 1, 2]) == pytest.approx(-(p * p.log()).sum().item())
     # a batch: the mean of the per-sample entropies (0 and log 4), not the pooled entropy
-    assert evaluation.unigram_entropy(torch.tensor([[5, 5, 5, 5], [0, 1, 2, 3]])) == pytest.approx(math.log(4) / 2)
+    assert (evaluation.unigram_entropy(torch.tensor([[5, 5, 5, 5], [0, 1, 2, 3]]))
+            == pytest.approx(math.log(4) / 2))
     assert evaluation.unigram_entropy([[5, 5, 5, 5], [0, 1, 2, 3]]) == pytest.approx(math.log(4) / 2)
 
 
@@ -233,16 +244,19 @@ def test_real_word_rate_and_cli(tmp_path, capsys, float32):
     assert words == "the cat sat on the mat".split() * 90
     vocabulary = set(words)
     # counted: the dog sat | (none) | cat mat on: 5 real of 6 (each sample's first and last are cut)
-    assert evaluation.real_word_rate(["xx the dog sat yy", "a b", " cut cat mat on cut "], vocabulary) == 5 / 6
+    assert (evaluation.real_word_rate(["xx the dog sat yy", "a b", " cut cat mat on cut "], vocabulary)
+            == 5 / 6)
     with pytest.raises(ValueError, match="no word to check"):
         evaluation.real_word_rate(["a b", "c"], vocabulary)
     (tmp_path / "bpe").mkdir()
-    (tmp_path / "bpe" / "meta.json").write_text(json.dumps(dict(name="bpe", tokenizer="gpt2", n_tokens=50257)))
+    (tmp_path / "bpe" / "meta.json").write_text(json.dumps(dict(name="bpe", tokenizer="gpt2",
+                                                                n_tokens=50257)))
     with pytest.raises(ValueError, match="character-level"):
         evaluation.dataset_words(str(tmp_path / "bpe"))
 
     chars = " abcdefghijklmnopqrstuvwxyz"
-    SEDD(tiny(vocab_size=len(chars) + 1, block_size=24)).save_pretrained(tmp_path / "ckpt", "absorb", {"type": "loglinear"})
+    SEDD(tiny(vocab_size=len(chars) + 1, block_size=24)).save_pretrained(tmp_path / "ckpt", "absorb",
+                                                                         {"type": "loglinear"})
     (tmp_path / "ckpt" / "meta.json").write_text(json.dumps(dict(name="az", tokenizer="chars", chars=chars,
                                                                  n_tokens=len(chars))))
     argv = ["--ckpt", str(tmp_path / "ckpt"), "--steps", "8", "--batch_size", "3", "--prefix", "the cat sat "]
@@ -260,10 +274,13 @@ def test_cli_gen_ppl(tmp_path, capsys, monkeypatch, gpt2_bpe, float32):
     torch.manual_seed(0)
     SEDD(SEDDConfig(vocab_size=len(chars) + 1, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=24,
                     dropout=0.0)).save_pretrained(tmp_path, "absorb", {"type": "loglinear"})
-    (tmp_path / "meta.json").write_text(json.dumps(dict(name="tiny", tokenizer="chars", chars=chars, n_tokens=len(chars))))
-    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16))
+    (tmp_path / "meta.json").write_text(json.dumps(dict(name="tiny", tokenizer="chars", chars=chars,
+                                                        n_tokens=len(chars))))
+    judge = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32,
+                                                                 n_positions=16))
     asked = []
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda name: asked.append(name) or judge)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda name: asked.append(name) or judge)
     argv = ["--ckpt", str(tmp_path), "--steps", "8", "--batch_size", "3", "--device", "cpu"]
     texts = sampling.main(argv + ["--gen_ppl"])
     out = capsys.readouterr().out
@@ -283,17 +300,20 @@ def test_twin_as_judge_and_cli(tmp_path, capsys, float32):
     with torch.no_grad():
         model.output_layer.linear.bias[:3] = q.log()
     model.save_pretrained(tmp_path / "judge")
-    (tmp_path / "judge" / "meta.json").write_text(json.dumps(dict(name="ab", tokenizer="chars", chars=chars, n_tokens=3)))
+    (tmp_path / "judge" / "meta.json").write_text(json.dumps(dict(name="ab", tokenizer="chars", chars=chars,
+                                                                  n_tokens=3)))
     texts = ["ab a", "bb  ba"]
     ids = [chars.index(c) for t in texts for c in t]
     expected = math.exp(-sum(math.log(q[i]) for i in ids) / len(ids))
     assert evaluation.twin_perplexity(texts, str(tmp_path / "judge")) == pytest.approx(expected, rel=1e-5)
-    SEDD(tiny(vocab_size=4, block_size=16)).save_pretrained(tmp_path / "sedd", "absorb", {"type": "loglinear"})
+    SEDD(tiny(vocab_size=4, block_size=16)).save_pretrained(tmp_path / "sedd", "absorb",
+                                                            {"type": "loglinear"})
     (tmp_path / "sedd" / "meta.json").write_text((tmp_path / "judge" / "meta.json").read_text())
     with pytest.raises(ValueError, match="judge must be an autoregressive twin"):
         evaluation.twin_perplexity(texts, str(tmp_path / "sedd"))
     # the CLI: the twin samples (a prefix, nucleus); a diffusion model is judged by it
-    texts = sampling.main(["--ckpt", str(tmp_path / "judge"), "--batch_size", "3", "--prefix", "ab", "--top_p", "0.9"])
+    texts = sampling.main(["--ckpt", str(tmp_path / "judge"), "--batch_size", "3", "--prefix", "ab",
+                           "--top_p", "0.9"])
     out = capsys.readouterr().out
     assert len(texts) == 3 and all(len(t) == 16 and t.startswith("ab") for t in texts)
     assert "left to right, nucleus top_p=0.9, 14 network evaluations" in out
@@ -306,19 +326,23 @@ def test_twin_as_judge_and_cli(tmp_path, capsys, float32):
 def test_compare_end_to_end(tiny_data, tmp_path, float32):
     """compare.py on three tiny runs (SEDD Absorb, SEDD Uniform, the twin) writes every table."""
     for name, kw in (("absorb", {}), ("uniform", {"graph": "uniform"}), ("ar", {"ar": True})):
-        train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path / name),
-                     "max_iters": 2, "eval_interval": 2, **kw})
+        train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data,
+                     "out_dir": str(tmp_path / name), "max_iters": 2, "eval_interval": 2, **kw})
     compare.main(["--absorb", str(tmp_path / "absorb"), "--uniform", str(tmp_path / "uniform"),
-                  "--ar", str(tmp_path / "ar"), "--data", os.path.join(tiny_data, "tiny"), "--out", str(tmp_path / "cmp"),
-                  "--eval_seqs", "8", "--eval_n_t", "2", "--samples", "3", "--steps", "2,4", "--span", "8", "--device", "cpu"])
+                  "--ar", str(tmp_path / "ar"), "--data", os.path.join(tiny_data, "tiny"),
+                  "--out", str(tmp_path / "cmp"), "--eval_seqs", "8", "--eval_n_t", "2", "--samples", "3",
+                  "--steps", "2,4", "--span", "8", "--device", "cpu"])
     results = (tmp_path / "cmp" / "results.md").read_text()
-    for row in ("| SEDD Absorb | <= ", "| SEDD Uniform | <= ", "| autoregressive twin | = ", "character 5-gram",
-                "| SEDD Absorb 4 steps | 5 |", "| SEDD Absorb first hitting (exact) | 32 |", "| SEDD Uniform 32 steps | 33 |", "| twin, temperature 1 | 32 |", "| twin, nucleus 0.9 | 32 |", "| real val text | - | - |",
+    for row in ("| SEDD Absorb | <= ", "| SEDD Uniform | <= ", "| autoregressive twin | = ",
+                "character 5-gram", "| SEDD Absorb 4 steps | 5 |",
+                "| SEDD Absorb first hitting (exact) | 32 |", "| SEDD Uniform 32 steps | 33 |",
+                "| twin, temperature 1 | 32 |", "| twin, nucleus 0.9 | 32 |", "| real val text | - | - |",
                 "| SEDD Absorb, first hitting | prefix + suffix |", "| the removed text |"):
         assert row in results
     with pytest.raises(SystemExit, match="train it first"):
         compare.main(["--absorb", str(tmp_path / "missing")])
-    compare.main(["--absorb", str(tmp_path / "absorb"), "--uniform", "", "--ar", str(tmp_path / "ar"), "--data",
-                  os.path.join(tiny_data, "tiny"), "--out", str(tmp_path / "two"), "--eval_seqs", "4", "--eval_n_t", "1",
-                  "--samples", "2", "--steps", "2", "--span", "8", "--device", "cpu"])
+    compare.main(["--absorb", str(tmp_path / "absorb"), "--uniform", "", "--ar", str(tmp_path / "ar"),
+                  "--data", os.path.join(tiny_data, "tiny"), "--out", str(tmp_path / "two"),
+                  "--eval_seqs", "4", "--eval_n_t", "1", "--samples", "2", "--steps", "2", "--span", "8",
+                  "--device", "cpu"])
     assert "SEDD Uniform" not in (tmp_path / "two" / "results.md").read_text()  # left out with --uniform ''

@@ -144,7 +144,8 @@ def test_owt_path_packs_documents_with_eot(tmp_path, gpt2_bpe):
                                {"name": "owt-test", "source": "test", "split": "test"})
     expected = [t for d in docs for t in gpt2_bpe.encode_ordinary(d) + [50256]]
     meta, bins, _ = read_splits(tmp_path / "owt", ("train", "val"))
-    assert bins["train"].tolist() == expected and bins["train"][-1] == 50256 and (bins["train"] == 50256).sum() == 3
+    assert (bins["train"].tolist() == expected and bins["train"][-1] == 50256
+            and (bins["train"] == 50256).sum() == 3)
     assert bins["val"].tolist() == expected[:expected.index(50256) + 1]  # the first document
     assert meta["tokenizer"] == "gpt2" and meta["n_tokens"] == 50257 and meta["dtype"] == "uint16"
     encode, decode = prepare.get_tokenizer(meta)
@@ -172,7 +173,8 @@ def test_zeroshot_path_writes_1024_token_rows(tmp_path, gpt2_bpe):
              "Valkyria Chronicles . During missions , players select each unit using a top @-@ "
              "down perspective of the battlefield map ( about 1 @,@ 000 units ) . \n"] * 40
     detok, info = prepare.wikitext_detokenizer, {"name": "wt", "source": "test", "split": "test"}
-    meta = prepare.write_gpt2_dataset(str(tmp_path / "wt"), {"test": lines}, info, detokenizer=detok, block_size=1024)
+    meta = prepare.write_gpt2_dataset(str(tmp_path / "wt"), {"test": lines}, info, detokenizer=detok,
+                                      block_size=1024)
     stream = [t for l in lines for t in gpt2_bpe.encode_ordinary(detok(l)) + [50256]]
     rows = np.fromfile(tmp_path / "wt" / "test.bin", dtype=np.uint16).reshape(-1, 1024)
     assert len(rows) == len(stream) // 1024 >= 2 and len(stream) % 1024 > 0  # tail dropped
@@ -192,10 +194,12 @@ def test_zeroshot_sets_read_their_split(tmp_path, monkeypatch, gpt2_bpe):
     monkeypatch.setitem(sys.modules, "datasets", fake)
     for name in ("wikitext2", "wikitext2_test", "wikitext103"):
         prepare.main(["zeroshot", "--set", name, "--out_dir", str(tmp_path)])
-    assert asked == [("wikitext-2-raw-v1", "train"), ("wikitext-2-raw-v1", "test"), ("wikitext-103-raw-v1", "test")]
+    assert asked == [("wikitext-2-raw-v1", "train"), ("wikitext-2-raw-v1", "test"),
+                     ("wikitext-103-raw-v1", "test")]
     text = lambda name: read_splits(tmp_path / name, ("test",))[2]
     assert text("wikitext2").startswith(" the wikitext-2-raw-v1 train text\n<|endoftext|>")
-    assert "train split" in prepare.load_meta(tmp_path / "wikitext2")["source"] and text("wikitext103") != text("wikitext2")
+    assert ("train split" in prepare.load_meta(tmp_path / "wikitext2")["source"]
+            and text("wikitext103") != text("wikitext2"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")

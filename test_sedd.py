@@ -138,8 +138,10 @@ def test_transition_closed_forms_match_matrix_exponential(graph_cls):
     columns, rows = graph.transition(x, SIGMAS), graph.transp_transition(x, SIGMAS)
     for b, sigma in enumerate(SIGMAS[:, 0]):
         E = expm(graph, sigma)
-        assert_close(columns[b], E.T, 1e-14, f"transition at sigma={sigma:g}, row k = column k of exp(sigma Q)")
-        assert_close(rows[b], E, 1e-14, f"transp_transition at sigma={sigma:g}, row k = row k of exp(sigma Q)")
+        assert_close(columns[b], E.T, 1e-14,
+                     f"transition at sigma={sigma:g}, row k = column k of exp(sigma Q)")
+        assert_close(rows[b], E, 1e-14,
+                     f"transp_transition at sigma={sigma:g}, row k = row k of exp(sigma Q)")
 
 
 @pytest.mark.parametrize("graph_cls", GRAPHS)
@@ -219,11 +221,13 @@ def test_score_entropy_definition_and_consistency(graph_cls):
             if possible[b, k]:
                 expected = brute_score_entropy(graph, log_score[b, k], sigma, a, c)
                 assert torch.isclose(got[b, k], expected, rtol=1e-10), \
-                    f"x_t={a}, x0={c}, sigma={sigma}: got {got[b, k]:.10g}, the definition gives {expected:.10g}"
+                    (f"x_t={a}, x0={c}, sigma={sigma}: got {got[b, k]:.10g}, "
+                     f"the definition gives {expected:.10g}")
     assert (got >= 0).all() and got.max() > 0, f"score entropy must be >= 0, got a minimum of {got.min():.3g}"
     true_log = p.log() - p.gather(-1, x_t[..., None]).log()
     at_optimum = graph.score_entropy(true_log.clamp(min=-200), sigmas, x_t, x0)
-    assert at_optimum[possible].abs().max() < 1e-12, f"not 0 at the true ratios: {at_optimum[possible].abs().max():.3g}"
+    assert at_optimum[possible].abs().max() < 1e-12, \
+        f"not 0 at the true ratios: {at_optimum[possible].abs().max():.3g}"
 
 
 @pytest.mark.parametrize("graph_cls", GRAPHS)
@@ -243,7 +247,8 @@ def test_score_entropy_float32_accuracy(graph_cls):
         # Near the optimum the loss is ~0 and float32 rounding of log r alone moves it by
         # ~r |z| 1e-6 (z = log s - log r): an absolute tolerance in nats per token.
         p = graph.transition(x0, s)
-        near = (p.log() - p.gather(-1, x_t[..., None]).log()).clamp(min=-80) + 1e-3 * torch.randn(B, L, graph.dim)
+        near = ((p.log() - p.gather(-1, x_t[..., None]).log()).clamp(min=-80)
+                + 1e-3 * torch.randn(B, L, graph.dim))
         near = near.float().double()
         exact = graph.score_entropy(near, s, x_t, x0)
         single = graph.score_entropy(near.float(), s.float(), x_t, x0).double()
@@ -280,8 +285,10 @@ def exact_dwdse(graph, noise, exact, x0, n_quad=256, t_max=1.0):
         u = (u + 1) / 2
         t = torch.tensor([t_max * u**4])
         sigma, dsigma = noise(t)
-        p_states = graph.transition(x0[None].expand_as(states), sigma.expand(len(states), 1)).gather(-1, states[..., None]).prod(1)[:, 0]
-        se = graph.score_entropy(exact(states, sigma.expand(len(states))), sigma, states, x0[None].expand_as(states)).sum(-1)
+        p_states = (graph.transition(x0[None].expand_as(states), sigma.expand(len(states), 1))
+                    .gather(-1, states[..., None]).prod(1)[:, 0])
+        se = graph.score_entropy(exact(states, sigma.expand(len(states))), sigma, states,
+                                 x0[None].expand_as(states)).sum(-1)
         total += w / 2 * 4 * t_max * u**3 * dsigma.item() * (p_states * se).sum().item()
     return total
 
@@ -351,7 +358,8 @@ def test_loss_fn_with_given_t_and_x_t(graph_cls, noise):
     sigma, dsigma = noise(t)
     assert len(model.calls) == 1, f"the network is called once per loss, not {len(model.calls)} times"
     assert torch.equal(model.calls[0][0], x_t), "the network must see the given x_t"
-    assert torch.allclose(model.calls[0][1].reshape(-1), sigma), "the network must see sigma_bar(t) of the given t"
+    assert torch.allclose(model.calls[0][1].reshape(-1), sigma), \
+        "the network must see sigma_bar(t) of the given t"
     expected = dsigma * graph.score_entropy(exact(x_t, sigma), sigma[:, None], x_t, x0).sum(-1)
     assert_close(got, expected, 1e-12, "dsigma(t) * sum over positions of score_entropy")
 
@@ -392,7 +400,8 @@ def test_elbo_stratifies_t_per_sequence():
     t = -torch.expm1(-sigma) / (1 - noise.eps)
     strata = torch.ceil(t * n_t).sort(-1).values - 1
     assert torch.equal(strata, torch.arange(n_t).double().expand_as(strata)), \
-        f"each sequence needs one t in each of the {n_t} intervals; the first sequence's t: {t[0].sort().values}"
+        (f"each sequence needs one t in each of the {n_t} intervals; "
+         f"the first sequence's t: {t[0].sort().values}")
 
 
 def test_ar_nll_is_the_exact_likelihood():
@@ -407,7 +416,8 @@ def test_ar_nll_is_the_exact_likelihood():
     expected = law[bos, xs[:, 0]] * law[xs[:, 0], xs[:, 1]] * law[xs[:, 1], xs[:, 2]]
     got = torch.exp(-ar_nll(chain, xs, bos))
     assert_close(got, expected, 1e-12, "exp(-ar_nll), the probability of each sequence")
-    assert got.sum().item() == pytest.approx(1.0, abs=1e-12), f"the probabilities sum to {got.sum():.6f}, not 1"
+    assert got.sum().item() == pytest.approx(1.0, abs=1e-12), \
+        f"the probabilities sum to {got.sum():.6f}, not 1"
 
 
 @pytest.mark.parametrize("n,sampling_eps", [(1, 1e-3), (8, 1e-3), (64, 0.5)])
@@ -419,7 +429,8 @@ def test_stratified_t_covers_each_stratum_once(n, sampling_eps):
     u = (t - sampling_eps) / (1 - sampling_eps)
     assert u.min() >= 0 and u.max() <= 1, f"t in [{t.min():.4f}, {t.max():.4f}], expected [{sampling_eps}, 1]"
     strata = (u * n).floor().clamp(max=n - 1).sort(-1).values
-    assert torch.equal(strata, torch.arange(n).double().expand_as(strata)), f"strata of one batch: {strata[0]}"
+    assert torch.equal(strata, torch.arange(n).double().expand_as(strata)), \
+        f"strata of one batch: {strata[0]}"
     for position in (0, n - 1):
         assert_mean(u[:, position], 0.5, f"the t of position {position}, mapped to [0, 1]")
 
@@ -440,7 +451,8 @@ def test_loss_at_initialisation(float32):
     """At init the absorbing model is the score of a uniform law on the N real tokens; the
     expected loss is then exactly L (1 - eps) ln N for every t: model, loss and weighting agree."""
     torch.manual_seed(0)
-    model = SEDD(SEDDConfig(vocab_size=28, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=64, dropout=0.0))
+    model = SEDD(SEDDConfig(vocab_size=28, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=64,
+                            dropout=0.0))
     losses = loss_fn(model, Absorbing(27), LogLinearNoise(), torch.randint(27, (512, 64)))
     assert_mean(losses, 64 * (1 - 1e-3) * math.log(27), "loss at initialisation, L (1 - eps) ln N")
 
@@ -500,7 +512,8 @@ def tv(p, q):
 
 def assert_tv(frequencies, law, bound):
     distance = tv(frequencies, law)
-    assert distance < bound, f"total variation {distance:.4f} between the samples and the exact law, expected < {bound:.4f}"
+    assert distance < bound, \
+        f"total variation {distance:.4f} between the samples and the exact law, expected < {bound:.4f}"
 
 
 def empirical(x, dim):
@@ -590,7 +603,8 @@ def test_first_hitting_samples_the_data_law_exactly(noise):
     x = sample(score, graph, noise, (n, 3), None, "first_hitting", stats=stats)
     assert (x < 3).all() and stats == dict(steps=3, network_evals=3) and score.calls == 3
     assert_tv(empirical(x, 3), p_data, math.sqrt(27 / n))  # 0.037 (observed ~0.01)
-    x = sample(ExactScore(graph, p_data), graph, noise, (n, 3), None, "first_hitting", prompt={1: 2}, stats=stats)
+    x = sample(ExactScore(graph, p_data), graph, noise, (n, 3), None, "first_hitting", prompt={1: 2},
+               stats=stats)
     true = torch.zeros_like(p_data)
     true[:, 2] = p_data[:, 2] / p_data[:, 2].sum()
     assert (x[:, 1] == 2).all() and stats["network_evals"] == 2
@@ -616,7 +630,8 @@ def test_first_hitting_reveals_at_the_right_times(noise):
         return torch.stack([p0, 1 - p0, torch.ones_like(p0)], dim=-1).log()
     n = 200_000
     m1 = -math.expm1(-noise(torch.tensor(1.0))[0].item())
-    first = torch.tensor([[m1 ** 2 / 4, 2 * m1 / 3 - m1 ** 2 / 4], [1 - m1 + m1 ** 2 / 4, m1 / 3 - m1 ** 2 / 4]])
+    first = torch.tensor([[m1 ** 2 / 4, 2 * m1 / 3 - m1 ** 2 / 4],
+                          [1 - m1 + m1 ** 2 / 4, m1 / 3 - m1 ** 2 / 4]])
     law = (first + first.T) / 2  # law[a, b]: first revealed a then b, at either position
     torch.manual_seed(6)
     x = sample(score, Absorbing(2), noise, (n, 2), None, "first_hitting")
@@ -655,7 +670,8 @@ def test_categorical_sampling_float64_and_float32():
     x = sample_categorical(3 * probs)
     tail = (x > 0).double().mean().item()
     assert abs(tail - 0.0999 / 0.9999) < 4 * math.sqrt(0.1 * 0.9 / 10_000), \
-        f"share of the tail {tail:.4f}, expected {0.0999 / 0.9999:.4f} +- {4 * math.sqrt(0.1 * 0.9 / 10_000):.4f}"
+        (f"share of the tail {tail:.4f}, expected {0.0999 / 0.9999:.4f} "
+         f"+- {4 * math.sqrt(0.1 * 0.9 / 10_000):.4f}")
     assert not (x == 1).any(), "a token of negative probability was drawn"
     # float32 and float64 differ on events of probability ~2^-24 per entry (~1e9 Monte Carlo draws),
     # so measured exactly: float32 torch.rand returns multiples of 2^-24 (checked); enumerating all
@@ -663,7 +679,8 @@ def test_categorical_sampling_float64_and_float32():
     # law of the race for p = [1, r].
     u = torch.rand(10**6, dtype=torch.float32)
     assert torch.equal(u * 2**24, (u * 2**24).round())
-    grid = torch.arange(2**24, dtype=torch.float64).div(2**24).float().clamp(min=torch.finfo(torch.float32).tiny)
+    grid = (torch.arange(2**24, dtype=torch.float64).div(2**24).float()
+            .clamp(min=torch.finfo(torch.float32).tiny))
     lead, rare = -torch.log(grid), -torch.log(grid[-10_000:]).flip(0)  # rare: increasing
     r = torch.tensor(2.0**-25, dtype=torch.float32)  # e.g. dt/t ~1e-3 times p(y) ~3e-5
     p32 = torch.searchsorted(rare, r * lead).double().sum().item() / 2**48  # P(E_rare < r E_lead)

@@ -64,7 +64,8 @@ def test_config_errors(tmp_path):
 def log_rows(out_dir):
     """log.csv without its timing columns (tokens/s, MFU)."""
     with open(os.path.join(out_dir, "log.csv")) as f:
-        return [(r["iter"], r["train_bits_per_token"], r["lr"], r["val_bits_per_token"]) for r in csv.DictReader(f)]
+        return [(r["iter"], r["train_bits_per_token"], r["lr"], r["val_bits_per_token"])
+                for r in csv.DictReader(f)]
 
 
 def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float32):
@@ -74,14 +75,15 @@ def test_tiny_run_exact_resume_and_eval_only(tiny_data, tmp_path, capsys, float3
     evaluation from the checkpoint's EMA weights. A second run from scratch into the same
     directory stops and changes nothing."""
     def run(out_dir, **kw):
-        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir), "max_iters": 6,
-               "eval_interval": 3, "log_interval": 3, "dropout": 0.2, **kw}
+        cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir),
+               "max_iters": 6, "eval_interval": 3, "log_interval": 3, "dropout": 0.2, **kw}
         train.train(cfg)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run(straight)
     last_eval = capsys.readouterr().out.split("iter 6: val ELBO ")[1].split(" bits")[0]
     before = {f: (straight / f).read_bytes() for f in ("ckpt.pt", "log.csv")}
-    with pytest.raises(SystemExit, match="already holds a run .ckpt.pt, log.csv.: continue it with --init_from=resume"):
+    with pytest.raises(SystemExit, match="already holds a run .ckpt.pt, log.csv.: "
+                                         "continue it with --init_from=resume"):
         run(straight)  # a second run from scratch would overwrite the first and append to its log
     assert before == {f: (straight / f).read_bytes() for f in before}
     run(stopped, max_iters=3)
@@ -200,7 +202,8 @@ class NoFloat64(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tree_leaves(out)):
-            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework "
+                            "doesn't support float64")
         return out
 
 
@@ -230,8 +233,8 @@ def test_throughput_counts_only_timed_iterations(tiny_data, tmp_path, monkeypatc
     monkeypatch.setattr(train.Trainer, "step", step)
     monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(train, "peak_flops", lambda device, dtype: 1e12)
-    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path), "max_iters": 8,
-           "eval_interval": 3, "log_interval": 2}
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(tmp_path),
+           "max_iters": 8, "eval_interval": 3, "log_interval": 2}
     train.train(cfg)
     with open(tmp_path / "log.csv") as f:
         speeds = [r["tokens_per_s"] for r in csv.DictReader(f) if r["tokens_per_s"]]
@@ -258,7 +261,8 @@ def test_trainer_step_ema_warmup_and_stratified_t(tiny_data, float32):
         run.step()
         d = min(cfg["ema_decay"], (1 + n) / (10 + n))
         expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
-    assert all(torch.allclose(e, p, rtol=1e-5, atol=1e-7) for e, p in zip(expected, run.ema_model.parameters()))
+    assert all(torch.allclose(e, p, rtol=1e-5, atol=1e-7)
+               for e, p in zip(expected, run.ema_model.parameters()))
 
     generator, orders = torch.Generator().manual_seed(0), set()
     for _ in range(20):
@@ -320,10 +324,11 @@ def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32
     entropy, far below what ignoring the context gives: the loss weighting, the bound and the
     optimiser step agree."""
     entropy, iid = markov_dataset(tmp_path, 16)
-    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": str(tmp_path), "dataset": "markov", "block_size": 16,
-           "batch_size": 32, "graph": "absorb" if graph == "ar" else graph, "ar": graph == "ar",
-           "learning_rate": 3e-3, "warmup_iters": 20, "ema_decay": 0.99, "max_iters": 300, "eval_interval": 300,
-           "log_interval": 100, "eval_batches": 16, "eval_n_t": 16, "out_dir": str(tmp_path / "out")}
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": str(tmp_path), "dataset": "markov",
+           "block_size": 16, "batch_size": 32, "graph": "absorb" if graph == "ar" else graph,
+           "ar": graph == "ar", "learning_rate": 3e-3, "warmup_iters": 20, "ema_decay": 0.99,
+           "max_iters": 300, "eval_interval": 300, "log_interval": 100, "eval_batches": 16, "eval_n_t": 16,
+           "out_dir": str(tmp_path / "out")}
     train.train(cfg)
     assert (tmp_path / "out" / "loss.png").exists()  # the loss curves, drawn with matplotlib
     model = SEDD.from_pretrained(str(tmp_path / "out"))
@@ -332,7 +337,8 @@ def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32
                                  cfg["eval_batches"] * cfg["batch_size"], cfg["batch_size"], cfg["eval_n_t"],
                                  cfg["seed"], torch.device("cpu"), contextlib.nullcontext())
     assert iid - entropy > 0.3 and entropy - 3 * result["bits_se"] < result["bits"] < entropy + 0.1
-    assert f"the source's entropy {entropy:.4f}" in evaluation.report(result, train.Data(cfg, "val").meta, "val")
+    assert (f"the source's entropy {entropy:.4f}"
+            in evaluation.report(result, train.Data(cfg, "val").meta, "val"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -344,26 +350,30 @@ def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32
     (["--batch_size=0"], "--batch_size must be at least 1"),
     (["--init_from=checkpoint"], "init_from must be"),
     (["--device=tpu"], "unknown device 'tpu'"),
-    pytest.param(["--device=cuda"], "no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here")),
+    pytest.param(["--device=cuda"], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here")),
     (["--dataset=text8"], r"prepare the dataset first with `python prepare.py text8`"),
     (["--init_from=resume"], "ckpt.pt does not exist"),
 ])
 def test_train_mistakes_end_in_one_line(args, message, tmp_path, tiny_data):
     data = tiny_data if "--init_from=resume" in args else str(tmp_path)
     with pytest.raises(SystemExit, match=message) as e:
-        train.train(train.load_config([f"--data_dir={data}", "--dataset=tiny", f"--out_dir={tmp_path}", *args]))
+        train.train(train.load_config([f"--data_dir={data}", "--dataset=tiny", f"--out_dir={tmp_path}",
+                                       *args]))
     assert isinstance(e.value.code, str) and e.value.code.count("\n") < 3  # printed, exit status 1
 
 
 def test_command_line_help_warnings_and_errors(tmp_path, tiny_data, capsys, float32):
     """--help lists every setting with its default and comment; mistakes end in one line on stderr
     with exit status 1 and no traceback (checked on real processes once), in every tool."""
-    run = lambda *args: subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
+    run = lambda *args: subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True,
+                                       timeout=120)
     done = run("train.py", "--help")
     assert done.returncode == 0 and all(f"--{key}=" in done.stdout for key in configurator.DEFAULTS)
     assert "--sampling_eps=0.001" in done.stdout and "t ~ U[sampling_eps, 1]" in done.stdout
     done = run("train.py", "config/text8_tiny.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}")
-    assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert (done.returncode == 1 and "Traceback" not in done.stderr
+            and len(done.stderr.strip().splitlines()) == 1)
     assert "prepare.py text8" in done.stderr
     train.load_config(["--max_iters=10", "--warmup_iters=100"])
     assert "warning: max_iters=10 < warmup_iters=100" in capsys.readouterr().out
@@ -372,9 +382,11 @@ def test_command_line_help_warnings_and_errors(tmp_path, tiny_data, capsys, floa
     assert e.value.code == 0 and "--rounds=5" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="prepare the dataset first"):
         bench.main([f"--data_dir={tmp_path}"])
-    SEDD(tiny(vocab_size=29, block_size=16)).save_pretrained(tmp_path / "ckpt", "absorb", {"type": "loglinear"})
+    SEDD(tiny(vocab_size=29, block_size=16)).save_pretrained(tmp_path / "ckpt", "absorb",
+                                                             {"type": "loglinear"})
     shutil.copy(os.path.join(tiny_data, "tiny", "meta.json"), tmp_path / "ckpt")
-    for bad, msg in [(["--steps", "0"], "--steps must be at least 1"), (["--batch_size", "0"], "--batch_size must be"),
+    for bad, msg in [(["--steps", "0"], "--steps must be at least 1"),
+                     (["--batch_size", "0"], "--batch_size must be"),
                      (["--device", "tpu"], "unknown device 'tpu'")]:
         with pytest.raises(SystemExit, match=msg):
             sampling.main(["--ckpt", str(tmp_path / "ckpt"), *bad])
@@ -415,12 +427,13 @@ def test_evaluator_is_loss_fn_plus_prior(tiny_data, float32):
     plus the prior KL, in bits per token, with the standard error across sequences."""
     cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "eval_batches": 3, "eval_n_t": 4}
     torch.manual_seed(0)
-    model = SEDD(SEDDConfig(vocab_size=29, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=32, dropout=0.0))
+    model = SEDD(SEDDConfig(vocab_size=29, n_embd=32, cond_dim=16, n_layer=1, n_head=2, block_size=32,
+                            dropout=0.0))
     with torch.no_grad():
         model.output_layer.linear.weight.normal_()  # a non-trivial score
     graph, noise, data = get_graph("absorb", 28), LogLinearNoise(), train.Data(cfg, "val")
-    result = evaluation.evaluate(model, graph, noise, data, n_seqs=3 * 4, batch_size=4, n_t=4, seed=cfg["seed"],
-                                 device=torch.device("cpu"), ctx=contextlib.nullcontext())
+    result = evaluation.evaluate(model, graph, noise, data, n_seqs=3 * 4, batch_size=4, n_t=4,
+                                 seed=cfg["seed"], device=torch.device("cpu"), ctx=contextlib.nullcontext())
     torch.manual_seed(cfg["seed"])
     nats = []
     for x0 in data.eval_batches(3 * 4, 4):
@@ -430,15 +443,18 @@ def test_evaluator_is_loss_fn_plus_prior(tiny_data, float32):
         nats.append(total / 4 + 32 * graph.prior_kl(noise(torch.tensor(1.0, dtype=torch.float64))[0]).item())
     nats = torch.cat(nats)
     # float32 network outputs, averaged in float32 (elbo) vs float64 here: agreement to ~1e-7
-    assert result["n"] == 12 and result["bits"] == pytest.approx(nats.mean().item() / (32 * math.log(2)), rel=1e-6)
-    assert result["bits_se"] == pytest.approx(nats.std().item() / math.sqrt(12) / (32 * math.log(2)), rel=1e-5)
+    assert (result["n"] == 12
+            and result["bits"] == pytest.approx(nats.mean().item() / (32 * math.log(2)), rel=1e-6))
+    assert result["bits_se"] == pytest.approx(nats.std().item() / math.sqrt(12) / (32 * math.log(2)),
+                                              rel=1e-5)
 
 
 # ---------------------------------------------------------------- CUDA (python -m pytest -m cuda)
 
 def on_cuda(test):
     """Marks a test `cuda` and skips it, saying why, where PyTorch sees no CUDA GPU."""
-    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    skip = pytest.mark.skipif(not torch.cuda.is_available(),
+                              reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     return pytest.mark.cuda(skip(test))
 
 
@@ -450,12 +466,14 @@ def cuda_step(model, x0, t, dtype):
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
         loss = loss_fn(model, graph, noise, x0, t=t).mean()
     loss.backward()
-    return loss.item(), torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+    return loss.item(), torch.cat([p.grad.flatten().float() for p in model.parameters()
+                                   if p.grad is not None])
 
 
 def cuda_model_and_batch(batch=8, length=256, seed=0):
     torch.manual_seed(seed)
-    model = randomized(tiny(vocab_size=28, n_embd=256, n_head=4, n_layer=4, cond_dim=64, block_size=length), std=0.05)
+    model = randomized(tiny(vocab_size=28, n_embd=256, n_head=4, n_layer=4, cond_dim=64, block_size=length),
+                       std=0.05)
     x0 = torch.randint(27, (batch, length), device="cuda")
     return model.cuda().train(), x0, torch.rand(batch, device="cuda").clamp(min=0.05)
 
@@ -487,7 +505,8 @@ def test_cuda_attention_matches_float32_softmax(causal, float32):
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     logits = q @ k.transpose(-1, -2) / math.sqrt(64)
     if causal:
-        logits = logits.masked_fill(torch.ones(128, 128, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
+        logits = logits.masked_fill(torch.ones(128, 128, dtype=torch.bool, device="cuda").triu(1),
+                                    float("-inf"))
     ref = (logits.softmax(-1) @ v).transpose(1, 2).reshape(4, 128, 512)
     out = M.attention(qkv.bfloat16(), causal).float()
     assert (out - ref).abs().max() < 3e-2 * ref.abs().max()
@@ -511,7 +530,8 @@ def test_cuda_resume_restores_the_cuda_generator(tiny_data, tmp_path, float32):
     CUDA kernels): restoring only the CPU generator would change every dropout mask."""
     def run(out_dir, **kw):
         train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir),
-                     "device": "cuda", "max_iters": 6, "eval_interval": 3, "log_interval": 3, "dropout": 0.2, **kw})
+                     "device": "cuda", "max_iters": 6, "eval_interval": 3, "log_interval": 3, "dropout": 0.2,
+                     **kw})
     run(tmp_path / "straight")
     run(tmp_path / "stopped", max_iters=3)
     run(tmp_path / "stopped", init_from="resume")
@@ -523,8 +543,8 @@ def test_cuda_resume_restores_the_cuda_generator(tiny_data, tmp_path, float32):
 def test_cuda_torchrun_nccl_trains(tiny_data, tmp_path):
     cfg = {**TINY_RUN, "device": "cuda", "data_dir": tiny_data, "max_iters": 2, "eval_interval": 2,
            "out_dir": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                           "train.py", *[f"--{k}={v}" for k, v in cfg.items()]],
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=1", "train.py", *[f"--{k}={v}" for k, v in cfg.items()]],
                           cwd=HERE, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert params(tmp_path)[1]["iter_num"] == 2

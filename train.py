@@ -194,7 +194,7 @@ def init_model(cfg, meta):
         changed = [f"{k}={saved[k]} (not {cfg[k]})" for k in MODEL_KEYS if saved[k] != cfg[k]]
         if changed:
             print(f"resuming the model of {cfg['out_dir']}/ckpt.pt: {', '.join(changed)}")
-        cfg.update({k: ckpt["config"][k] for k in MODEL_KEYS})
+        cfg.update({k: saved[k] for k in MODEL_KEYS})
         schedule = ckpt["noise"]
     elif cfg["init_from"].startswith("pretrained:"):
         try:
