@@ -36,6 +36,7 @@ DEFAULTS = dict(
     block_size=256,
     batch_size=16,         # sequences per micro-batch per process
     gradient_accumulation_steps=1,  # global: split across processes under torchrun
+    train_tokens=0,        # >0: train on the first this many tokens only, repeated (epochs logged); 0: all
     # diffusion
     graph="absorb",        # "absorb" | "uniform"
     noise="loglinear",     # "loglinear" | "geometric"
@@ -146,6 +147,9 @@ def check_config(cfg):
                 "eval_n_t", "sample_steps", "n_layer", "n_head", "n_embd", "cond_dim"):
         if cfg[key] < 1:
             fail(f"--{key} must be at least 1, not {cfg[key]}")
+    if cfg["train_tokens"] and cfg["train_tokens"] < cfg["block_size"]:
+        fail(f"--train_tokens={cfg['train_tokens']} holds no window of block_size={cfg['block_size']} tokens "
+             f"(0 trains on the whole split)")
     if cfg["ckpt_interval"] < 0:
         fail(f"--ckpt_interval must be 0 (checkpoint at evaluations only) or more, "
              f"not {cfg['ckpt_interval']}")

@@ -99,6 +99,8 @@ class Data:
         self.n = os.path.getsize(self.path) // self.dtype.itemsize
         if self.n < self.L:
             fail(f"{self.path} has {self.n} tokens, fewer than block_size = {self.L}")
+        if split == "train" and cfg["train_tokens"]:  # limited unique data, repeated for many epochs
+            self.n = min(self.n, cfg["train_tokens"])
 
     def windows(self, starts):
         data = np.memmap(self.path, dtype=self.dtype, mode="r")  # reopened per batch: no memory growth

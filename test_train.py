@@ -172,6 +172,24 @@ def test_damaged_checkpoint_ends_in_one_line(tiny_data, tmp_path, float32):
     assert before == {f: f.read_bytes() for f in tmp_path.iterdir()}
 
 
+def test_train_tokens_keeps_every_window_in_the_first_tokens(tmp_path, capsys, float32):
+    """--train_tokens=N: every training window lies inside the first N tokens of the train split
+    (repeated data), and the log says how many epochs of them a run has seen."""
+    (tmp_path / "ab.txt").write_text("a" * 3000 + "b" * 7000)  # train split: 3,000 a, then 6,000 b
+    prepare.main(["chars", "--src", str(tmp_path / "ab.txt"), "--name", "ab", "--out_dir", str(tmp_path)])
+    cfg = {**train.load_config([]), "data_dir": str(tmp_path), "dataset": "ab", "block_size": 16}
+    a = prepare.load_meta(str(tmp_path / "ab"))["chars"].index("a")
+    generator = torch.Generator().manual_seed(0)
+    limited = prepare.Data({**cfg, "train_tokens": 3000}, "train").random_batch(20_000, generator)
+    assert (limited == a).all(), "a window reached past the first 3,000 tokens"
+    assert limited[:, -1].eq(a).all() and not (prepare.Data(cfg, "train").random_batch(100, generator) == a).all()
+    train.train({**cfg, **TINY_RUN, "dataset": "ab", "block_size": 16, "train_tokens": 3000,
+                 "out_dir": str(tmp_path / "run"), "max_iters": 4, "log_interval": 2, "eval_interval": 4})
+    assert "epochs of 3,000 tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="holds no window of block_size=16"):
+        train.load_config(["--train_tokens=8", "--block_size=16"])
+
+
 def test_finetune_from_pretrained(tiny_data, tmp_path, monkeypatch, float32):
     """--init_from=pretrained:DIR trains in train mode with the configured dropout (from_pretrained
     returns an eval-mode model with the checkpoint's rate), with the checkpoint's shape and noise

@@ -326,8 +326,10 @@ def train_loop(run, eval_data, ckpt, ddp, world):
             mfu = run.model.estimate_flops_per_token() * tokens_per_s / world / peak
             train_bits = bits_per_token(loss_sum.item() / loss_iters, cfg["block_size"])
             skipped = f", {run.n_skipped} skipped steps" if run.n_skipped else ""
+            epochs = run.iter_num * tokens_per_iter(cfg) / run.data.n  # passes over the unique data
+            repeats = f", {epochs:.2f} epochs of {run.data.n:,} tokens" if cfg["train_tokens"] else ""
             print(f"iter {run.iter_num}: loss {train_bits:.4f} bits/token, lr {lr:.2e}, "
-                  f"{tokens_per_s:,.0f} tok/s, mfu {100 * mfu:.1f}%{skipped}")
+                  f"{tokens_per_s:,.0f} tok/s, mfu {100 * mfu:.1f}%{skipped}{repeats}")
             log.write(run.iter_num, time.perf_counter() - start, train_bits_per_token=f"{train_bits:.5f}",
                       lr=f"{lr:.3e}", tokens_per_s=f"{tokens_per_s:.0f}", mfu=f"{mfu:.4f}")
             t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
