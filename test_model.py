@@ -1,7 +1,8 @@
 """model.py: the score network against the official one written out from its state dict, its
 output contract, attention, rotary positions, parameter counts and bf16 autocast; then the
 autoregressive twin: causal, a normalised law, saved and loaded (its likelihood and sampler are
-proved in test_sedd.py). Tiny configs, randomized models and the twin come from testing.py.
+proved in test_sedd.py and test_sampling.py). Tiny configs, randomized models and the twin come
+from testing.py.
 """
 import json
 import math

@@ -1,9 +1,9 @@
 """The pipeline end to end on tiny runs: checkpoints, the sampling command line, sample
 quality (evaluation.py), the autoregressive twin as a judge, and compare.py.
 
-The proofs of the math are in test_sedd.py, the data in test_prepare.py, the training loop and
-the CUDA path in test_train.py; tiny models and the tiny run come from testing.py. CPU only, no
-network.
+The proofs of the math are in test_sedd.py and test_sampling.py, the data in test_prepare.py, the
+training loop and the CUDA path in test_train.py; tiny models and the tiny run come from
+testing.py. CPU only, no network.
 """
 import io
 import json

@@ -1,7 +1,8 @@
 """The tests' shared references, imported by several test files (which never import each other;
 pytest collects only test_*.py, so this file holds no tests): tiny model configs, randomized
 models and a fixed batch for them, the enumeration of all sequences, the autoregressive twin with
-its exact law, and the config of a tiny training run.
+its exact law, the config of a tiny training run; and the exact references of the proofs
+(test_sedd.py, test_sampling.py): exp(sigma Q), a correlated test law and its true concrete score.
 """
 import itertools
 
@@ -51,3 +52,53 @@ def twin_law(model, n_tokens, length):
     xs = all_sequences(n_tokens, length)
     with torch.no_grad():
         return xs, torch.exp(-ar_nll(model, xs, n_tokens).double())
+
+
+def expm(graph, sigma):
+    return torch.linalg.matrix_exp(sigma * graph.rate_matrix())
+
+
+def correlated_data(n_tokens, length, seed=0):
+    """A full-support but strongly correlated law on sequences: mostly runs of one token."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand((n_tokens,) * length, generator=g) * 0.05
+    for a in range(n_tokens):
+        p[(a,) * length] += 1.0 + a
+    return p / p.sum()
+
+
+class ExactScore:
+    """The true concrete score of p_sigma = (exp(sigma Q) per token) p_data, by enumeration.
+
+    Called like the network: (x_t [B, L], sigma [B] or [B, 1]) -> log_score [B, L, dim], where
+    log_score[b, i, y] = log p_sigma(x_t with position i set to y) - log p_sigma(x_t)."""
+
+    def __init__(self, graph, p_data):
+        self.graph, self.L = graph, p_data.dim()
+        self.p_data = torch.zeros((graph.dim,) * self.L)
+        self.p_data[(slice(0, p_data.shape[0]),) * self.L] = p_data  # MASK has no data mass
+        self.calls = 0
+
+    def marginals(self, sigmas):
+        """p_sigma for each sigma of a 1-d tensor: [S, dim, ..., dim]."""
+        K = torch.linalg.matrix_exp(sigmas.reshape(-1, 1, 1) * self.graph.rate_matrix())
+        p = self.p_data.expand(len(K), *self.p_data.shape)
+        for axis in range(1, self.L + 1):  # K applied to each token independently
+            p = torch.einsum("sij,s...j->s...i", K, p.movedim(axis, -1)).movedim(-1, axis)
+        return p
+
+    def marginal(self, sigma):
+        return self.marginals(sigma.reshape(1))[0]
+
+    def __call__(self, x_t, sigma):
+        self.calls += 1
+        sigma = sigma.reshape(-1).expand(len(x_t))
+        dim, L = self.graph.dim, self.L
+        place = dim ** torch.arange(L - 1, -1, -1)
+        flat = (x_t * place).sum(-1)
+        y = torch.arange(dim)
+        neighbours = flat[:, None, None] + (y[None, None, :] - x_t[:, :, None]) * place[None, :, None]
+        levels, row_level = sigma.unique(return_inverse=True)  # one marginal per distinct sigma
+        log_p = self.marginals(levels).reshape(len(levels), -1).log()[row_level]  # [B, dim^L]
+        out = log_p.gather(1, neighbours.reshape(len(x_t), -1)).reshape(*x_t.shape, dim)
+        return out - log_p.gather(1, flat[:, None])[..., None]
