@@ -49,7 +49,7 @@ def load_run(out_dir, device):
     the twin), dataset meta and the run's config, and its wall time and iterations from log.csv."""
     try:
         model, graph, noise, meta = checkpoint.load(out_dir)
-        cfg = torch.load(os.path.join(out_dir, "ckpt.pt"), map_location="cpu", weights_only=False)["config"]
+        cfg = checkpoint.load_training_state(out_dir)["config"]
     except (OSError, ValueError, RuntimeError) as e:
         fail(f"{e} (train it first: see python compare.py --help)")
     with open(os.path.join(out_dir, "log.csv")) as f:
