@@ -24,11 +24,19 @@ below is what diffusion changes. Three claims of the paper, each on text8's vali
    prefix and the suffix (first hitting: the exact conditional for its score), the twin
    continues the prefix (it cannot see a suffix); the whole window is then scored the same way.
 
-matplotlib draws the plots (pip install matplotlib); without it the tables are still written.
+Where diffusion wins (`--curves`): the validation curves of any runs from their log.csv, against
+training tokens (how the gap moves with compute) or, with --epochs, against passes over limited
+unique data (train.py --train_tokens: the twin overfits, diffusion's masking acts as augmentation):
+
+    python compare.py --curves out/text8_repeat out/text8_repeat_ar --epochs --png assets/repeated_data.png
+
+matplotlib draws the plots (pip install matplotlib); without it the tables are still written
+(--curves prints its table, then stops).
 """
 import argparse
 import contextlib
 import csv
+import json
 import os
 import sys
 import time
@@ -41,6 +49,7 @@ import evaluation
 from device import pick_device
 from evaluation import dataset_words, real_word_rate, twin_perplexity, unigram_entropy
 from prepare import Data, fail, get_tokenizer, load_meta
+from progress import Progress, progress
 from sampling import sample, sample_ar
 
 
@@ -107,6 +116,12 @@ def parse_args(argv):
                         help="characters removed from the middle for infilling")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curves", nargs="+", metavar="OUT_DIR",
+                        help="instead of the three claims: the validation curves of these runs from their "
+                             "log.csv, in one plot (--png) and a table")
+    parser.add_argument("--epochs", action="store_true",
+                        help="--curves against epochs over the unique training data, not training tokens")
+    parser.add_argument("--png", help="--curves: the plot's file (default: --out/curves.png)")
     return parser.parse_args(argv)
 
 
@@ -134,24 +149,26 @@ def likelihood(args, runs, data, device):
 
 
 def samplers(args, runs, shape, device):
-    """{label: draw(stats) -> samples} for claim 2: SEDD Absorb by Tweedie tau-leaping at each of
-    --steps and by first hitting, SEDD Uniform at one step per character, the twin at temperature
-    1 and with nucleus sampling."""
+    """{label: (updates, draw)} for claim 2, draw(stats, callback) -> samples: SEDD Absorb by
+    Tweedie tau-leaping at each of --steps and by first hitting, SEDD Uniform at one step per
+    character, the twin at temperature 1 and with nucleus sampling; `updates` is how many times
+    draw calls back (the progress line's total)."""
     absorb, twin, L = runs["SEDD Absorb"], runs["autoregressive twin"], shape[1]
-    draws = {f"SEDD Absorb {steps} steps": lambda stats, steps=steps: sample(
-        absorb["model"], absorb["graph"], absorb["noise"], shape, steps, device=device, stats=stats)
-        for steps in [int(s) for s in args.steps.split(",")]}
-    draws["SEDD Absorb first hitting (exact)"] = lambda stats: sample(
+    draws = {f"SEDD Absorb {steps} steps": (steps, lambda stats, callback, steps=steps: sample(
+        absorb["model"], absorb["graph"], absorb["noise"], shape, steps, device=device, callback=callback,
+        stats=stats)) for steps in [int(s) for s in args.steps.split(",")]}
+    draws["SEDD Absorb first hitting (exact)"] = (L, lambda stats, callback: sample(
         absorb["model"], absorb["graph"], absorb["noise"], shape, None, "first_hitting", device=device,
-        stats=stats)
+        callback=callback, stats=stats))
     if "SEDD Uniform" in runs:  # as many steps as characters: the compute of first hitting and the twin
         uniform = runs["SEDD Uniform"]
-        draws[f"SEDD Uniform {L} steps"] = lambda stats: sample(
-            uniform["model"], uniform["graph"], uniform["noise"], shape, L, device=device, stats=stats)
+        draws[f"SEDD Uniform {L} steps"] = (L, lambda stats, callback: sample(
+            uniform["model"], uniform["graph"], uniform["noise"], shape, L, device=device, callback=callback,
+            stats=stats))
     for top_p in (1.0, args.top_p):
         label = "twin, temperature 1" if top_p == 1 else f"twin, nucleus {top_p}"
-        draws[label] = lambda stats, top_p=top_p: sample_ar(twin["model"], shape, top_p=top_p, device=device,
-                                                             stats=stats)
+        draws[label] = (L, lambda stats, callback, top_p=top_p: sample_ar(
+            twin["model"], shape, top_p=top_p, device=device, callback=callback, stats=stats))
     return draws
 
 
@@ -161,10 +178,10 @@ def samples_against_compute(args, runs, windows, judge, vocabulary, decode, devi
     lines and the points (label, network evaluations per sample, seconds, scores) for the plot."""
     L = runs["SEDD Absorb"]["cfg"]["block_size"]
     points = []
-    for label, draw in samplers(args, runs, (args.samples, L), device).items():
+    for label, (updates, draw) in samplers(args, runs, (args.samples, L), device).items():
         torch.manual_seed(args.seed)
         stats, start = {}, time.perf_counter()
-        x = draw(stats)
+        x = draw(stats, Progress(updates, label))
         seconds = time.perf_counter() - start
         points.append((label, stats["network_evals"], seconds,
                        score([decode(r) for r in x.tolist()], x, judge, vocabulary, device)))
@@ -189,10 +206,10 @@ def infilling(args, runs, windows, judge, vocabulary, decode, device):
     given = [i for i in range(L) if not lo <= i < hi]  # first hitting: one network call per missing one
     filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), None,
                                  "first_hitting", prompt={i: int(w[i]) for i in given}, device=device)[0]
-                          for w in windows])
+                          for w in progress(windows, "SEDD infilling, windows")])
     torch.manual_seed(args.seed)
     continued = windows.clone()  # the twin's span after the true prefix, then the true suffix it cannot see
-    for row, w in zip(continued, windows):
+    for row, w in progress(list(zip(continued, windows)), "twin continuations, windows"):
         prefix = {i: int(w[i]) for i in range(lo)}
         row[:hi] = sample_ar(twin["model"], (1, hi), prompt=prefix, device=device)[0]
     lines = ["", f"## Infilling ({args.samples} val windows, characters {lo}-{hi - 1} removed)", "",
@@ -208,8 +225,73 @@ def infilling(args, runs, windows, judge, vocabulary, decode, device):
     return lines + ["", "Sample (first window, SEDD):", "", "    " + decode(filled[0].tolist()), ""]
 
 
+def read_curve(out_dir):
+    """A run's validation rows from out_dir/log.csv as arrays (tokens, epochs, val_bits_per_token,
+    val_se), its label (the directory's name, with the model's kind where the exported config.json
+    says it) and whether it is the twin."""
+    path = os.path.join(out_dir, "log.csv")
+    try:
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r.get("val_bits_per_token")]
+    except OSError as e:
+        fail(f"{path}: {e.strerror} (train the run first)")
+    if not rows or "epochs" not in rows[0]:
+        fail(f"{path} has no evaluations with tokens and epochs (an older train.py's log: train the run "
+             f"again)")
+    columns = ("tokens", "epochs", "val_bits_per_token", "val_se")
+    curve = {c: np.array([float(r[c]) for r in rows]) for c in columns}
+    curve.update(label=os.path.basename(out_dir.rstrip("/")), twin=False)
+    with contextlib.suppress(OSError):
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = json.load(f)
+        curve["twin"] = config["model"]["causal"]
+        curve["label"] += " (twin)" if curve["twin"] else f" (SEDD {config['graph']['type']})"
+    return curve
+
+
+def curves(args):
+    """--curves: each run's validation bits per token (per character on text8; SEDD: its bound)
+    against training tokens (log scale) or epochs, with a band of one standard error, in one plot;
+    and a table of each run's last and best evaluation."""
+    x = "epochs" if args.epochs else "tokens"
+    runs = [read_curve(d) for d in args.curves]
+    at = (lambda v: f"{v:.1f}") if args.epochs else (lambda v: f"{v / 1e6:.2f}M")
+    lines = [f"| run | last val bits | at {x} | best val bits | at {x} |", "|---|---|---|---|---|"]
+    for c in runs:
+        bits, se = c["val_bits_per_token"], c["val_se"]
+        best = bits.argmin()
+        lines += [f"| {c['label']} | {bits[-1]:.3f} +- {se[-1]:.3f} | {at(c[x][-1])} | "
+                  f"{bits[best]:.3f} +- {se[best]:.3f} | {at(c[x][best])} |"]
+    print("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        fail("no plot: pip install matplotlib")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in runs:
+        keep = (c[x] > 0) | args.epochs  # a log scale has no 0
+        bits, se = c["val_bits_per_token"][keep], c["val_se"][keep]
+        line, = ax.plot(c[x][keep], bits, ".--" if c["twin"] else ".-", label=c["label"])
+        ax.fill_between(c[x][keep], bits - se, bits + se, color=line.get_color(), alpha=0.2)
+    if x == "tokens":
+        ax.set_xscale("log")
+    ax.set_xlabel("epochs over the unique training data" if args.epochs else
+                  "training tokens (characters on text8)")
+    ax.set_ylabel("val bits per token (SEDD: upper bound)")
+    ax.legend()
+    fig.tight_layout()
+    png = args.png or os.path.join(args.out, "curves.png")
+    os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.curves:
+        return curves(args)
     judge = args.judge or args.ar
     try:
         device = pick_device(args.device)

@@ -28,6 +28,7 @@ import checkpoint
 from device import fork_rng
 from loss import ar_nll, bits_per_token, elbo, perplexity, prior_loss
 from prepare import get_tokenizer, gpt2_encoding, load_meta
+from progress import progress
 
 
 # -----------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def evaluate(model, graph, noise, data, n_seqs, batch_size, n_t, seed, device, c
     with fork_rng(device):
         torch.manual_seed(seed)
         nats = []
-        for x in data.eval_batches(n_seqs, batch_size):
+        for x in progress(data.eval_batches(n_seqs, batch_size), "evaluation batches"):
             with ctx:
                 x = x.to(device)
                 nats += (ar_nll(model, x, model.bos) if graph is None else
@@ -198,12 +199,15 @@ def real_word_rate(texts, vocabulary):
 class Log:
     """log.csv, the loss curve: a row every log_interval iterations (training loss, lr, speed) and
     one per evaluation (the validation bound), each on the disk as soon as it is written (line
-    buffering), so that a killed run loses no row."""
-    COLUMNS = ["iter", "train_bits_per_token", "lr", "tokens_per_s", "mfu", "val_bits_per_token", "val_se",
-               "elapsed_s"]
+    buffering), so that a killed run loses no row. Every row says how far training had gone in
+    iterations, in tokens (tokens_per_iter each) and in epochs (passes over the unique_tokens
+    that training draws from), so that runs of different batches and data compare (compare.py)."""
+    COLUMNS = ["iter", "tokens", "epochs", "train_bits_per_token", "lr", "tokens_per_s", "mfu",
+               "val_bits_per_token", "val_se", "elapsed_s"]
 
-    def __init__(self, out_dir, resumed_at=None):
+    def __init__(self, out_dir, tokens_per_iter, unique_tokens, resumed_at=None):
         self.path = os.path.join(out_dir, "log.csv")
+        self.tokens_per_iter, self.unique_tokens = tokens_per_iter, unique_tokens
         if resumed_at is not None and os.path.exists(self.path):
             self.trim(resumed_at)
         self.file = open(self.path, "a", newline="", buffering=1)
@@ -225,10 +229,12 @@ class Log:
 
     def write(self, it, elapsed, **values):
         """One row: iteration `it`, the given columns (already formatted), the wall time so far."""
-        self.writer.writerow([it, *(values.get(c, "") for c in self.COLUMNS[1:-1]), f"{elapsed:.1f}"])
+        tokens = it * self.tokens_per_iter
+        self.writer.writerow([it, tokens, f"{tokens / self.unique_tokens:.4f}",
+                              *(values.get(c, "") for c in self.COLUMNS[3:-1]), f"{elapsed:.1f}"])
 
 
-def plot_losses(out_dir, tokens_per_iter, meta, length):
+def plot_losses(out_dir, meta, length):
     """out_dir/loss.png from log.csv: the training loss and the validation bound (the twin: its
     exact NLL) in bits per token against tokens seen, with the source's entropy when it is known
     (prepare.py toy). Needs matplotlib."""
@@ -239,7 +245,7 @@ def plot_losses(out_dir, tokens_per_iter, meta, length):
         rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("train_bits_per_token", "training loss"), ("val_bits_per_token", "validation")):
-        points = [(int(r["iter"]) * tokens_per_iter, float(r[key])) for r in rows if r[key]]
+        points = [(int(r["tokens"]), float(r[key])) for r in rows if r[key]]
         if points:
             ax.plot(*zip(*points), marker="." if key.startswith("val") else None, label=label)
     if source_entropy(meta, length) is not None:

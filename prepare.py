@@ -33,6 +33,8 @@ import zipfile
 import numpy as np
 import torch
 
+from progress import Progress
+
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 TEXT8_CHARS = " abcdefghijklmnopqrstuvwxyz"  # fixed order: ids 0..26 whatever the file holds
 TEXT8_SPLIT = (90_000_000, 5_000_000, 5_000_000)  # the standard split of the 100M characters
@@ -217,7 +219,11 @@ def download(url, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     print(f"downloading {url} to {path}")
     try:
-        urllib.request.urlretrieve(url, path + ".tmp")
+        with urllib.request.urlopen(url) as response, open(path + ".tmp", "wb") as f:
+            bar = Progress(int(response.headers.get("Content-Length", 0)) / 1e6, "MB downloaded")
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                bar(f.tell() / 1e6)
     except OSError as e:
         fail(f"could not download {url} ({e}). Without internet, fetch it elsewhere and pass "
              f"--src PATH/TO/text8.zip")

@@ -48,6 +48,7 @@ from device import draw_dtype, pick_device
 from evaluation import dataset_words, generative_perplexity, real_word_rate, twin_perplexity, unigram_entropy
 from graph import Absorbing
 from prepare import fail, get_tokenizer
+from progress import Progress
 
 
 def sample_categorical(probs, dtype=torch.float64):
@@ -263,16 +264,19 @@ def render(ids, decode, blank=None):
 class Watch:
     """A sampler callback that shows the first sample forming. live (on a terminal): redrawn in
     place at every step, MASK as '_' and the tokens this step changed (revealed, for the
-    absorbing graph) in bold green; otherwise one line at each of `lines` evenly spaced steps.
-    frames: a list that collects the first sample's tokens at every step (for svg_animation)."""
+    absorbing graph) in bold green; otherwise one line at each of `lines` evenly spaced steps,
+    and with no lines a progress line (progress.Progress). frames: a list that collects the
+    first sample's tokens at every step (for svg_animation)."""
 
     def __init__(self, decode, blank, total, lines=8, live=False, stream=None, frames=None):
         self.decode, self.blank, self.total, self.live, self.frames = decode, blank, total, live, frames
         self.stream = stream or sys.stdout
         self.shown = {round(total * k / (lines + 1)) for k in range(1, lines + 1)}
         self.prev, self.height = None, 0  # the last tokens drawn, and the terminal lines they took
+        self.progress = Progress(total, "sampling steps", live=not (live or lines))
 
     def __call__(self, step, x):
+        self.progress(step)
         ids, head = x[0].tolist(), f"step {step:>5}/{self.total}: "
         if self.frames is not None:
             self.frames.append(ids)

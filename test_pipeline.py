@@ -20,6 +20,7 @@ import checkpoint
 import compare
 import evaluation
 import prepare
+import progress
 import sampling
 import train
 from model import SEDD, SEDDConfig
@@ -121,6 +122,27 @@ def test_watch_redraws_in_place_and_falls_back_to_lines():
     for step, x in enumerate(frames, 1):
         watch(step, x)
     assert stream.getvalue() == "step     2/3: _b_\n"
+
+
+def test_progress_line_redraws_on_a_terminal_and_stays_quiet_in_a_log(monkeypatch):
+    """One line redrawn in place with the steps done, the time elapsed and the time left (at the
+    pace so far), at most twice a second and not in the first second, cleared at the last step;
+    nothing at all when stderr is not a terminal."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    for stream, expected in ((Terminal(), "\rsteps: 2/8, elapsed 0:02, about 0:06 left\033[K"
+                                          "\rsteps: 4/8, elapsed 1:10, about 1:10 left\033[K\r\033[K"),
+                             (io.StringIO(), "")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        now = [0.0]
+        monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+        bar = progress.Progress(8, "steps")
+        for done, t in ((1, 0.5), (2, 2.0), (3, 2.2), (4, 70.0), (8, 75.0)):
+            now[0] = t
+            bar(done, None)  # a sampler's callback(step, x)
+        assert stream.getvalue() == expected
+    assert list(progress.progress([3, 1, 2], "items")) == [3, 1, 2]
 
 
 def test_text_prompt_and_cli(tmp_path, capsys, float32):
@@ -346,3 +368,29 @@ def test_compare_end_to_end(tiny_data, tmp_path, float32):
                   "--eval_seqs", "4", "--eval_n_t", "1", "--samples", "2", "--steps", "2", "--span", "8",
                   "--device", "cpu"])
     assert "SEDD Uniform" not in (tmp_path / "two" / "results.md").read_text()  # left out with --uniform ''
+
+
+def test_curves_from_log_csv(tmp_path, capsys):
+    """compare.py --curves reads each run's validation rows from log.csv (tokens, epochs, the bound
+    and its standard error), tables the last and best of each and draws them against tokens or
+    epochs; a log without those columns ends in one line."""
+    header = ",".join(evaluation.Log.COLUMNS)
+    runs = {"sedd": [(0, 4.75), (1000, 3.2), (2000, 2.9)], "twin": [(0, 4.75), (1000, 2.1), (2000, 2.6)]}
+    for name, evals in runs.items():
+        (tmp_path / name).mkdir()
+        rows = [f"{it},{it * 2048},{it * 2048 / 1e6:.4f},,,,,{bits},0.02,{it / 10}" for it, bits in evals]
+        training_row = "500,1024000,1.0240,3.5,1e-3,900,0.1,,,50"  # no validation: not on the curve
+        (tmp_path / name / "log.csv").write_text("\n".join([header, training_row, *rows]))
+    (tmp_path / "twin" / "config.json").write_text(json.dumps({"model": {"causal": True}}))
+    for flag, png in (([], "tokens.png"), (["--epochs"], "epochs.png")):
+        compare.main(["--curves", str(tmp_path / "sedd"), str(tmp_path / "twin"), "--png", str(tmp_path / png),
+                      *flag])
+        assert (tmp_path / png).stat().st_size > 10_000
+    out = capsys.readouterr().out.splitlines()
+    assert "| sedd | 2.900 +- 0.020 | 4.10M | 2.900 +- 0.020 | 4.10M |" in out
+    assert "| twin (twin) | 2.600 +- 0.020 | 4.10M | 2.100 +- 0.020 | 2.05M |" in out
+    assert "| twin (twin) | 2.600 +- 0.020 | 4.1 | 2.100 +- 0.020 | 2.0 |" in out  # against epochs
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "log.csv").write_text("iter,val_bits_per_token,val_se\n0,4.75,0.02\n")
+    with pytest.raises(SystemExit, match="no evaluations with tokens and epochs"):
+        compare.main(["--curves", str(tmp_path / "old")])

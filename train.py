@@ -281,7 +281,7 @@ def evaluate_and_log(run, eval_data, log, it, start):
     log.write(it, time.perf_counter() - start, val_bits_per_token=f"{result['bits']:.5f}",
               val_se=f"{result['bits_se']:.5f}")
     if importlib.util.find_spec("matplotlib") is not None:
-        plot_losses(cfg["out_dir"], tokens_per_iter(cfg), meta, cfg["block_size"])
+        plot_losses(cfg["out_dir"], meta, cfg["block_size"])
 
 
 def tokens_per_iter(cfg):
@@ -294,16 +294,16 @@ def train_loop(run, eval_data, ckpt, ddp, world):
     cfg, device, master = run.cfg, run.device, run.rank == 0
     peak = peak_flops(device, run.dtype) if master else 1.0
     log = None
+    resumed_at = run.iter_num if ckpt is not None else None  # checkpointed there, after any evaluation
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
         model = run.model
         print(f"{model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding) "
               f"on {device}, {run.dtype}, {world} process(es), {tokens_per_iter(cfg):,} tokens per iteration")
-        log = Log(cfg["out_dir"], run.iter_num if ckpt is not None else None)
+        log = Log(cfg["out_dir"], tokens_per_iter(cfg), run.data.n, resumed_at)
         if importlib.util.find_spec("matplotlib") is None:
             print("note: pip install matplotlib to get loss.png, the loss curves, in out_dir at each "
                   "evaluation")
-    resumed_at = run.iter_num if ckpt is not None else None  # checkpointed there, after any evaluation
     t_last, it_last, loss_sum, loss_iters = time.perf_counter(), run.iter_num, 0.0, 0
     start = t_last - (ckpt["elapsed"] if ckpt is not None else 0.0)  # the run's wall time goes on
     while True:
