@@ -57,8 +57,8 @@ def test_config_errors(tmp_path):
         train.load_config([str(tmp_path / "bad.py")])
     tiny = train.load_config([str(HERE / "config" / "text8_tiny.py"), "--n_layer=3"])
     assert tiny["n_layer"] == 3
-    twin = train.load_config([str(HERE / "config" / "text8_tiny_ar.py")])  # include("text8_tiny.py") + 2 keys
-    assert twin == {**tiny, "n_layer": 4, "ar": True, "out_dir": "out/text8_tiny_ar"}
+    twin = train.load_config([str(HERE / "config" / "text8_tiny_ar.py")])  # include("text8_tiny.py") + 3 keys
+    assert twin == {**tiny, "n_layer": 4, "ar": True, "out_dir": "out/text8_tiny_ar", "eval_interval": 100}
 
 
 def log_rows(out_dir):
