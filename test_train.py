@@ -189,7 +189,8 @@ def test_train_tokens_keeps_every_window_in_the_first_tokens(tmp_path, capsys, f
     assert "0.09 epochs of 3,000 tokens" in capsys.readouterr().out
     with open(tmp_path / "run" / "log.csv") as f:  # each row: its tokens (4 x 16 per step) and epochs
         rows = [(r["iter"], r["tokens"], r["epochs"]) for r in csv.DictReader(f)]
-    assert rows == [("0", "0", "0.0000"), ("2", "128", "0.0427"), ("4", "256", "0.0853"), ("4", "256", "0.0853")]
+    assert rows == [("0", "0", "0.0000"), ("2", "128", "0.0427"), ("4", "256", "0.0853"),
+                    ("4", "256", "0.0853")]  # the last step's training row and its evaluation
     with pytest.raises(SystemExit, match="holds no window of block_size=16"):
         train.load_config(["--train_tokens=8", "--block_size=16"])
 
