@@ -218,20 +218,27 @@ class Log:
     def trim(self, iter_num):
         """Keep the rows up to iter_num, the checkpoint's iteration: a run killed after it had
         logged further rows (the last perhaps cut in the middle) repeats those iterations when it
-        resumes, so its log then reads as the uninterrupted run's. Swapped in whole: a crash here
-        leaves the old log."""
+        resumes, so its log then reads as the uninterrupted run's. The kept rows are rewritten in
+        COLUMNS by name, so a log begun by an older train.py (without tokens and epochs) goes on in
+        one layout. Swapped in whole: a crash here leaves the old log."""
         with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= iter_num]
+            header, *rows = list(csv.reader(f)) or [[]]  # empty: killed before its header
+        kept = [dict(zip(header, r)) for r in rows
+                if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= iter_num]
         with open(self.path + ".tmp", "w", newline="") as f:
-            csv.writer(f).writerows(rows[:1] + kept)
+            csv.writer(f).writerows([self.COLUMNS] + [self.row(int(r["iter"]), r) for r in kept])
         os.replace(self.path + ".tmp", self.path)
+
+    def row(self, it, values):
+        """Iteration `it` as a row of COLUMNS: tokens and epochs follow from it unless `values`, a
+        dict of (formatted) columns, has them; a column neither gives stays empty."""
+        tokens = it * self.tokens_per_iter
+        derived = {"iter": it, "tokens": tokens, "epochs": f"{tokens / self.unique_tokens:.4f}"}
+        return [values.get(c) or derived.get(c, "") for c in self.COLUMNS]
 
     def write(self, it, elapsed, **values):
         """One row: iteration `it`, the given columns (already formatted), the wall time so far."""
-        tokens = it * self.tokens_per_iter
-        self.writer.writerow([it, tokens, f"{tokens / self.unique_tokens:.4f}",
-                              *(values.get(c, "") for c in self.COLUMNS[3:-1]), f"{elapsed:.1f}"])
+        self.writer.writerow(self.row(it, {**values, "elapsed_s": f"{elapsed:.1f}"}))
 
 
 def plot_losses(out_dir, meta, length):

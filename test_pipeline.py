@@ -394,3 +394,24 @@ def test_curves_from_log_csv(tmp_path, capsys):
     (tmp_path / "old" / "log.csv").write_text("iter,val_bits_per_token,val_se\n0,4.75,0.02\n")
     with pytest.raises(SystemExit, match="no evaluations with tokens and epochs"):
         compare.main(["--curves", str(tmp_path / "old")])
+
+
+def test_log_resumed_from_an_older_layout(tmp_path):
+    """A resumed run's Log keeps the rows up to the checkpoint's iteration (a row cut mid-write
+    goes) and rewrites them in the current columns by name: a log begun by an older train.py,
+    without tokens and epochs, gets them from its iterations, and the new rows share its layout;
+    rows that have them keep them."""
+    (tmp_path / "log.csv").write_text("iter,train_bits_per_token,lr,tokens_per_s,mfu,val_bits_per_token,val_se,"
+                                      "elapsed_s\n0,,,,,4.75,0.02,1.0\n10,3.1,1e-3,900,0.1,,,2.0\n"
+                                      "20,2.9,1e-3,900,0.1,,,3.0\n30,2.8,1e-3,900,0.1,,,4.0\n4")
+    evaluation.Log(tmp_path, tokens_per_iter=64, unique_tokens=320, resumed_at=20).write(
+        30, 4.5, train_bits_per_token="2.85")
+    header, *rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert header.split(",") == evaluation.Log.COLUMNS
+    assert rows == ["0,0,0.0000,,,,,4.75,0.02,1.0", "10,640,2.0000,3.1,1e-3,900,0.1,,,2.0",
+                    "20,1280,4.0000,2.9,1e-3,900,0.1,,,3.0", "30,1920,6.0000,2.85,,,,,,4.5"]
+    evaluation.Log(tmp_path, tokens_per_iter=128, unique_tokens=320, resumed_at=30)  # a doubled batch from here
+    assert (tmp_path / "log.csv").read_text().splitlines()[1:] == rows  # kept rows keep their tokens
+    (tmp_path / "log.csv").write_text("")  # killed before its header
+    evaluation.Log(tmp_path, tokens_per_iter=64, unique_tokens=320, resumed_at=0)
+    assert (tmp_path / "log.csv").read_text().splitlines() == [header]
