@@ -6,6 +6,7 @@ training loop and the CUDA path in test_train.py; tiny models and the tiny run c
 testing.py. CPU only, no network.
 """
 import io
+import itertools
 import json
 import math
 import os
@@ -124,13 +125,16 @@ def test_watch_redraws_in_place_and_falls_back_to_lines():
     assert stream.getvalue() == "step     2/3: _b_\n"
 
 
+class Terminal(io.StringIO):
+    """stderr as a terminal, where progress lines are drawn."""
+    def isatty(self):
+        return True
+
+
 def test_progress_line_redraws_on_a_terminal_and_stays_quiet_in_a_log(monkeypatch):
     """One line redrawn in place with the steps done, the time elapsed and the time left (at the
     pace so far), at most twice a second and not in the first second, cleared at the last step;
     nothing at all when stderr is not a terminal."""
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
     for stream, expected in ((Terminal(), "\rsteps: 2/8, elapsed 0:02, about 0:06 left\033[K"
                                           "\rsteps: 4/8, elapsed 1:10, about 1:10 left\033[K\r\033[K"),
                              (io.StringIO(), "")):
@@ -145,7 +149,7 @@ def test_progress_line_redraws_on_a_terminal_and_stays_quiet_in_a_log(monkeypatc
     assert list(progress.progress([3, 1, 2], "items")) == [3, 1, 2]
 
 
-def test_text_prompt_and_cli(tmp_path, capsys, float32):
+def test_text_prompt_and_cli(tmp_path, capsys, monkeypatch, float32):
     encode = lambda s: [ord(c) - ord("a") for c in s]
     assert text_prompt(encode, 6, "ab", "c", spans={3: "d"}) == {0: 0, 1: 1, 5: 2, 3: 3}
     with pytest.raises(ValueError, match="overlaps"):
@@ -163,6 +167,11 @@ def test_text_prompt_and_cli(tmp_path, capsys, float32):
     assert out.count("step ") == 3 and "_" in out and "21 network evaluations" in out
     sampling.main(argv + ["--watch"])  # not a terminal here: 8 lines instead of redrawing
     assert capsys.readouterr().out.count("step ") == 8
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    clock = itertools.count()  # a second per reading
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    sampling.main(argv)  # nothing printed per step: a progress line on a terminal instead
+    assert "sampling steps: " in sys.stderr.getvalue() and "step " not in capsys.readouterr().out
     sampling.main(argv + ["--animate", str(tmp_path / "a.svg"), "--predictor", "first_hitting"])
     frames = ElementTree.parse(tmp_path / "a.svg").getroot().findall("{http://www.w3.org/2000/svg}g")
     # a frame per token, held
