@@ -10,13 +10,15 @@
 - EXERCISES.md names, for each coding exercise, the functions a student writes. With
   NANOSEDD_STUB="graph.py Absorbing.score_entropy,loss.py loss_fn" each named function raises
   NotImplementedError instead, as a student's empty answer would; with NANOSEDD_WRONG=name the
-  wrong answer `name` of wrong_answers.py takes the place of the function it is written for.
-  test_exercises.py checks that every exercise's Check fails then.
+  wrong answer `name` of wrong_answers.py takes the place of the function it is written for, and
+  with NANOSEDD_RIGHT=name one of its right answers written another way. test_exercises.py
+  checks that every exercise's Check fails on the first two and passes on the third.
 """
 import functools
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,16 +70,13 @@ def tiny_data(tmp_path_factory):
     return str(root)
 
 
+HERE = Path(__file__).resolve().parent
+REPLACED = []  # (owner, attribute, the original function, what replaces it) while replaced
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (python -m pytest -m cuda runs exactly these)")
-    replacements = []  # ("file.py Name", the function that takes its place)
-    for item in os.environ.get("NANOSEDD_STUB", "").split(","):
-        if item.strip():
-            replacements.append((item.strip(), None))
-    if os.environ.get("NANOSEDD_WRONG"):
-        replacements.append(wrong_answers.WRONG[os.environ["NANOSEDD_WRONG"]])
-    replaced = {}  # id of an original function -> what replaces it
-    for target, replacement in replacements:
+    for target, replacement in answers_from_the_environment():
         path, name = target.split()
         owner = importlib.import_module(path.removesuffix(".py"))
         *outer, attr = name.split(".")
@@ -88,9 +87,36 @@ def pytest_configure(config):
             @functools.wraps(original)  # the same name and signature, an empty body
             def replacement(*args, _name=target, **kwargs):
                 raise NotImplementedError(f"{_name}: your code goes here")
-        setattr(owner, attr, replacement)
-        replaced[id(original)] = replacement
-    for module in [m for m in sys.modules.values() if m is not None and m is not wrong_answers]:
-        for attr, value in list(vars(module).items()):  # names bound by `from x import name`
-            if id(value) in replaced:
-                setattr(module, attr, replaced[id(value)])
+        REPLACED.append((owner, attr, original, replacement))
+    rebind({id(original): replacement for _, _, original, replacement in REPLACED})
+
+
+def pytest_unconfigure(config):
+    """The project's functions back in place, so that test_exercises.py can run many Checks, each
+    with its own replacements, in one process."""
+    rebind({id(replacement): original for _, _, original, replacement in REPLACED})
+    REPLACED.clear()
+
+
+def answers_from_the_environment():
+    """("file.py Name", the function that takes its place; None for an empty answer)."""
+    stubs = [(item.strip(), None) for item in os.environ.get("NANOSEDD_STUB", "").split(",") if item.strip()]
+    wrong = [wrong_answers.WRONG[os.environ["NANOSEDD_WRONG"]]] if os.environ.get("NANOSEDD_WRONG") else []
+    right = [wrong_answers.RIGHT[os.environ["NANOSEDD_RIGHT"]]] if os.environ.get("NANOSEDD_RIGHT") else []
+    return stubs + wrong + right
+
+
+def rebind(swaps):
+    """Every binding of a function whose id is in `swaps` bound to what it maps to: the class or
+    module that defines it, and each of this folder's modules that imported it by name
+    (`from x import name`), wrong_answers.py excepted."""
+    for owner, attr, *_ in REPLACED:
+        if id(getattr(owner, attr)) in swaps:
+            setattr(owner, attr, swaps[id(getattr(owner, attr))])
+    ours = [m for name, m in list(sys.modules.items())
+            if "." not in name and Path(getattr(m, "__file__", None) or "/").resolve().parent == HERE]
+    for module in ours:
+        if module is not wrong_answers:
+            for attr, value in list(vars(module).items()):
+                if id(value) in swaps:
+                    setattr(module, attr, swaps[id(value)])
