@@ -37,7 +37,7 @@ def loss_fn(model, graph, noise, x0, t=None, x_t=None, sampling_eps=1e-3):
 
 def stratified_t(n, sampling_eps=1e-3, generator=None):
     """n noise times for one batch, t_i ~ U[sampling_eps, 1] each, that cover the range evenly:
-    one uniform offset u, t_i = (u + i) / n mod 1 (one time in each of the n strata of width
+    one uniform offset u, t_i = (u + i / n) mod 1 (one time in each of the n strata of width
     1 / n), shuffled so that no position of the batch is tied to a stratum, then mapped into
     [sampling_eps, 1]. Each t_i has the law Algorithm 1 draws, so the batch's loss stays
     unbiased, while the batch never bunches up at a few noise levels: a lower variance. Drawn

@@ -128,6 +128,12 @@ def test_rotary_logits_depend_only_on_relative_position(float32):
     assert torch.allclose(got, expected, atol=1e-6), \
         f"e_3 rotated at position 5: got {got}, expected {expected}"
     assert torch.equal(M.Rotary(16).inv_freq, 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16))
+    # at the network's shapes: q and k [B, L, 2, n_head, head_dim], tables [L, 1, 1, head_dim]
+    qk = torch.randn(2, 64, 2, 3, 16, generator=torch.Generator().manual_seed(1))
+    got = M.apply_rotary(qk, cos, sin)
+    for b, i, j, h in [(0, 5, 0, 1), (1, 63, 1, 2), (1, 0, 0, 0)]:
+        assert torch.allclose(got[b, i, j, h], rotated(qk[b, i, j, h], i), atol=1e-6), \
+            f"q/k of sequence {b}, position {i}, head {h} is not the vector rotated on its own"
 
 
 @pytest.mark.parametrize("scale_by_sigma", [True, False])

@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from graph import Absorbing, Uniform
 from noise import GeometricNoise, LogLinearNoise
@@ -172,7 +174,7 @@ def test_first_hitting_samples_the_data_law_exactly(noise):
         sample(ExactScore(Uniform(3), p_data), Uniform(3), noise, (4, 3), None, "first_hitting")
 
 
-@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("noise", NOISES + [LogLinearNoise(eps=0.3)])
 def test_first_hitting_reveals_at_the_right_times(noise):
     """A made-up score whose token law depends on the noise: at a masked position token 0 has
     probability m = 1 - e^{-sigma} (1 - m if the other position holds a 1). The exact law of the
@@ -181,7 +183,8 @@ def test_first_hitting_reveals_at_the_right_times(noise):
     P(0, 0) = E[p1 p2] = m_1^2 / 4, P(0, 1) = 2 m_1 / 3 - m_1^2 / 4, P(1, 1) = m_1 / 3 - m_1^2 / 4;
     the position revealed first is either, with probability 1/2. A sampler that evaluates the
     score at the wrong time (e.g. the time before the jump) draws another law; so does one whose
-    clock runs in t instead of m, except for log-linear noise, where m is proportional to t."""
+    clock runs in t instead of m, except for log-linear noise, where m is proportional to t, and
+    one whose clock starts at m = 1, unless m_1 is close to 1 (eps = 0.3 makes it 0.7)."""
     def score(x, sigma):
         m = -torch.expm1(-sigma.double())[:, None]
         other = x.flip(1)  # the other position's token
@@ -246,14 +249,29 @@ def test_categorical_sampling_float64_and_float32():
     assert p32 < 0.5 * r.item()  # float32: the rare token wins ~3x too rarely (lower temperature)
 
 
-def test_categorical_draws_race_on_float64_uniforms():
-    """The draw is the exponential race argmax p / E, E = -log u, on float64 uniforms u of the
-    global generator. (Where float32 uniforms go wrong, with probability ~2^-24 per entry, a
-    frequency test needs ~1e9 draws; the test above computes that law exactly instead, and this
-    one pins the draw to float64 uniforms.)"""
-    probs = torch.tensor([1.0, 2.0**-30, 0.0, 0.25], dtype=torch.float64).expand(4096, -1)
-    torch.manual_seed(7)
-    drawn = sample_categorical(probs)
-    torch.manual_seed(7)
-    u = torch.rand(probs.shape, dtype=torch.float64)
-    assert torch.equal(drawn, (probs / -u.log()).argmax(-1))
+class FloatingDtypes(TorchDispatchMode):
+    """Records the dtype of every floating-point tensor that an operation makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.seen |= {t.dtype for t in tree_flatten(out)[0] if torch.is_tensor(t) and t.is_floating_point()}
+        return out
+
+
+def test_categorical_draws_in_float64_from_the_global_generator(float32):
+    """Under training's default dtype (float32) and on a network's float32 probabilities, every
+    floating-point tensor of the draw is float64, whichever way it is drawn (an exponential race,
+    Gumbel-max, torch.multinomial): the test above computes what float32 costs, on events too
+    rare (~2^-24 per entry) for a frequency test to see. The draw follows torch.manual_seed, as
+    resumed runs and seeded samples need."""
+    probs = torch.tensor([0.5, 0.25, 0.0, 0.25]).expand(4096, -1)
+    with FloatingDtypes() as made:
+        drawn = sample_categorical(probs)
+    assert made.seen == {torch.float64}, f"the draw made {sorted(map(str, made.seen))} tensors, not float64 only"
+    assert drawn.dtype == torch.long and drawn.shape == (4096,) and not (drawn == 2).any()
+    draw = lambda seed: (torch.manual_seed(seed), sample_categorical(probs))[1]
+    assert torch.equal(draw(7), draw(7)) and not torch.equal(draw(7), draw(8))

@@ -1,10 +1,11 @@
 """Wrong answers to the exercises of EXERCISES.md, as students write them: each one slip in one
-function. Read one only after writing your own answer.
+function; and right answers written another way than the project's. Read one only after writing
+your own answer.
 
 The course checks itself with them (test_exercises.py): every exercise's Check must fail on
-each wrong answer registered here for its functions, as it must on an empty one. For one pytest
-run, NANOSEDD_WRONG=name puts the wrong answer `name` in place of the function it is registered
-for (conftest.py does it), e.g.
+each wrong answer registered here for its functions, as it must on an empty one, and pass on each
+right one. For one pytest run, NANOSEDD_WRONG=name (or NANOSEDD_RIGHT=name) puts the answer
+`name` in place of the function it is registered for (conftest.py does it), e.g.
 
     NANOSEDD_WRONG=uniform_jump_never_lands_on_itself python -m pytest test_sedd.py -k "transition_closed"
 
@@ -25,13 +26,22 @@ from sampling import first_hitting, sample_categorical
 absorbing_score_entropy = Absorbing.score_entropy
 uniform_score_entropy = Uniform.score_entropy
 WRONG = {}  # name -> ("file.py Name" it stands in for, the wrong function)
+RIGHT = {}  # name -> ("file.py Name", a right answer written another way, which its Check must pass)
+
+
+def register(registry, target):
+    def add(function):
+        registry[function.__name__] = (target, function)
+        return function
+    return add
 
 
 def wrong(target):
-    def register(function):
-        WRONG[function.__name__] = (target, function)
-        return function
-    return register
+    return register(WRONG, target)
+
+
+def right(target):
+    return register(RIGHT, target)
 
 
 # ---------------------------------------------------------------- Exercise 1: noise schedules
@@ -41,6 +51,13 @@ def geometric_rate_of_the_wrong_function(self, t):
     """The typical wrong answer: dsigma = sigma_max^t log(sigma_max)."""
     sigma = self.sigma_min ** (1 - t) * self.sigma_max ** t
     return sigma, self.sigma_max ** t * math.log(self.sigma_max)
+
+
+@wrong("noise.py GeometricNoise.__call__")
+def geometric_interpolated_linearly(self, t):
+    """sigma_bar linear between its ends, dsigma its slope: right at t = 0 and 1, and the rate is
+    the derivative, but at t = 0.5 it is 10.0 where the schedule is 0.045."""
+    return self.sigma_min + (self.sigma_max - self.sigma_min) * t, torch.full_like(t, self.sigma_max - self.sigma_min)
 
 
 # ---------------------------------------------------------------- Exercise 2: transitions
@@ -143,6 +160,13 @@ def loss_rescaled_twice(model, graph, noise, x0, t=None, x_t=None, sampling_eps=
     return loss_fn(model, graph, noise, x0, t, x_t, sampling_eps) / (1 - sampling_eps)
 
 
+@wrong("loss.py loss_fn")
+@torch.no_grad()
+def loss_without_a_gradient(model, graph, noise, x0, t=None, x_t=None, sampling_eps=1e-3):
+    """Computed under torch.no_grad(), as an evaluation is: the right value, nothing to train on."""
+    return loss_fn(model, graph, noise, x0, t, x_t, sampling_eps)
+
+
 # ---------------------------------------------------------------- Exercise 6: the ELBO
 
 @wrong("loss.py elbo")
@@ -178,6 +202,13 @@ def rotary_on_interleaved_pairs(x, cos, sin):
     return x * cos + torch.stack((-x2, x1), dim=-1).flatten(-2) * sin
 
 
+@wrong("model.py apply_rotary")
+def rotary_halves_joined_on_the_first_axis(x, cos, sin):
+    """torch.cat without dim: right for one vector, wrong for the network's [B, L, 2, heads, d]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1)) * sin
+
+
 @wrong("model.py norm_modulate")
 def modulation_by_scale_not_one_plus_scale(norm, x, shift, scale):
     """The typical wrong answer: LayerNorm(x) * scale + shift, so a zero modulation is not the identity."""
@@ -190,6 +221,27 @@ def modulation_by_scale_not_one_plus_scale(norm, x, shift, scale):
 def categorical_on_float32_uniforms(probs, dtype=torch.float64):
     """The typical wrong answer: the race run on float32 uniforms."""
     return sample_categorical(probs, torch.float32)
+
+
+@wrong("sampling.py sample_categorical")
+def categorical_on_uniforms_of_the_default_dtype(probs, dtype=torch.float64):
+    """torch.rand without a dtype: float64 under the tests' default, float32 in training."""
+    probs = probs.to(dtype).clamp(min=0)
+    return (probs / -torch.rand(probs.shape).log()).argmax(-1)
+
+
+@right("sampling.py sample_categorical")
+def categorical_by_multinomial(probs, dtype=torch.float64):
+    """torch.multinomial on float64 probabilities (it normalises each row itself)."""
+    probs = probs.to(dtype).clamp(min=0)
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+
+
+@right("sampling.py sample_categorical")
+def categorical_race_on_log1p(probs, dtype=torch.float64):
+    """The race with E = -log(1 - u): 1 - u is uniform too."""
+    probs = probs.to(dtype).clamp(min=0)
+    return (probs / -torch.log1p(-torch.rand(probs.shape, dtype=dtype))).argmax(-1)
 
 
 @wrong("sampling.py first_hitting")
@@ -212,6 +264,15 @@ def first_hitting_clock_in_t(model, graph, noise, B, L, positions, tokens, dtype
     m_1 = -torch.expm1(-noise(torch.tensor(1.0, dtype=dtype, device=device))[0])
     on_the_t_clock = lambda x, sigma: model(x, noise(-torch.expm1(-sigma) / m_1)[0])
     return first_hitting(on_the_t_clock, graph, noise, B, L, positions, tokens, dtype, device, *rest)
+
+
+@wrong("sampling.py first_hitting")
+def first_hitting_clock_from_one(model, graph, noise, B, L, positions, tokens, dtype, device, *rest):
+    """The clock started at m = 1 instead of m(1) = 1 - e^-sigma_bar(1), as if every token were
+    masked by t = 1: close only when sigma_bar(1) is large. Here a schedule whose sigma_bar(1) is
+    infinite is handed in, so the sampler's start m(1) is 1."""
+    masked_by_one = lambda t: (torch.full_like(t, math.inf), torch.full_like(t, math.inf))
+    return first_hitting(model, graph, masked_by_one, B, L, positions, tokens, dtype, device, *rest)
 
 
 # ---------------------------------------------------------------- Exercise 12: stratified t
