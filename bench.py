@@ -8,7 +8,7 @@
 
 - Peak FLOP/s (MFU's denominator): on CPU a measured 2048^3 matmul in float32 and in bfloat16,
   the fastest of 10 timings (device.peak_flops, which train.py's MFU uses too); on CUDA the
-  vendor's dense bf16 figure.
+  card's dense datasheet figure for each dtype (measured too for a card device.py does not know).
 - Training: train.py's own step (train.Trainer.step: draw_step's batch, forward + loss_fn,
   backward, clipping, AdamW, EMA with its warm-up) of a fresh model per variant: float32 or bf16
   autocast, eager or torch.compile.
@@ -247,7 +247,7 @@ def measure_peaks(device):
     peaks = {torch.float32: peak_flops(device, torch.float32, repeats=10)}
     if pick_dtype("auto", device) == torch.bfloat16:
         peaks[torch.bfloat16] = peak_flops(device, torch.bfloat16, repeats=10)
-    what = ("vendor dense bf16 figure, used for every dtype" if device.type == "cuda" else
+    what = ("the card's dense datasheet figures" if device.type == "cuda" else
             "measured 2048^3 matmul, fastest of 10")
     print("peak FLOP/s (" + what + "): "
           + ", ".join(f"{str(k)[6:]} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()))

@@ -225,7 +225,7 @@ def setup_processes(cfg):
     elsewhere), its rank and their number; seeds its own generator (dropout differs by rank)."""
     ddp = "RANK" in os.environ
     try:
-        device = pick_device(cfg["device"], int(os.environ["LOCAL_RANK"]) if ddp else 0)
+        device = pick_device(cfg["device"], int(os.environ["LOCAL_RANK"]) if ddp else None)
     except ValueError as e:
         fail(e)
     rank, world = 0, 1
