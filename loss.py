@@ -47,12 +47,14 @@ def stratified_t(n, sampling_eps=1e-3, generator=None):
     return sampling_eps + (1 - sampling_eps) * u[torch.randperm(n, generator=generator)]
 
 
-def noised_batch(graph, noise, x0, sampling_eps=1e-3, generator=None):
-    """Algorithm 1's randomness for a batch x0 [B, L]: times t stratified over the batch
-    (stratified_t) and x_t ~ p_{t|0}(. | x0) at sigma_bar(t), both drawn from `generator`."""
-    t = stratified_t(len(x0), sampling_eps, generator)
-    x_t = graph.sample_transition(x0, noise(t)[0][:, None], generator=generator)
-    return t, x_t
+def noised_batch(graph, noise, x0, t, seeds):
+    """Algorithm 1's noised x_t ~ p_{t|0}(. | x0) at sigma_bar(t) for sequences x0 [B, L] with
+    their times t [B], each sequence drawn from a generator started at its own seed (seeds [B]):
+    a sequence's x_t is the same whichever batch, micro-batch or process draws it, so each process
+    of a distributed run noises only its own rows. On the CPU, where its seeds were drawn."""
+    sigma, generator = noise(t)[0][:, None], torch.Generator()
+    return torch.cat([graph.sample_transition(x0[i:i + 1], sigma[i:i + 1], generator.manual_seed(seed))
+                      for i, seed in enumerate(seeds.tolist())])
 
 
 def prior_loss(graph, noise, length):

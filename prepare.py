@@ -105,12 +105,14 @@ class Data:
             self.n = min(self.n, cfg["train_tokens"])
 
     def windows(self, starts):
+        """The windows that begin at `starts` [B] (a LongTensor): [B, block_size] int64, read in
+        one gather (starts[:, None] + arange(L) indexes the file: no Python loop over windows)."""
         data = np.memmap(self.path, dtype=self.dtype, mode="r")  # reopened per batch: no memory growth
-        return torch.from_numpy(np.stack([data[s:s + self.L].astype(np.int64) for s in starts.tolist()]))
+        return torch.from_numpy(data[starts.numpy()[:, None] + np.arange(self.L)].astype(np.int64))
 
-    def random_batch(self, n, generator):
+    def random_starts(self, n, generator):
         # n - L + 1 possible starts: the last window ends at the last token
-        return self.windows(torch.randint(self.n - self.L + 1, (n,), generator=generator))
+        return torch.randint(self.n - self.L + 1, (n,), generator=generator)
 
     def eval_batches(self, n_seq, batch_size):
         """Fixed windows aligned to multiples of block_size (the rows of zero-shot sets), spread

@@ -1,7 +1,8 @@
 """The training loop: configs and their mistakes, exact resume, fine-tuning, a device without
 float64, throughput, schedules, the EMA, gradient accumulation, data windows, training to a known
-entropy, torchrun; then the CUDA path (python -m pytest -m cuda), which skips, saying why, without
-a GPU. Tiny models and the tiny run TINY_RUN come from testing.py.
+entropy, torchrun, a step that never waits for the device, each rank's share of the batch, the
+compiled loss. The CUDA path is tested in test_device.py. Tiny models and the tiny run TINY_RUN
+come from testing.py.
 """
 import contextlib
 import copy
@@ -180,9 +181,11 @@ def test_train_tokens_keeps_every_window_in_the_first_tokens(tmp_path, capsys, f
     cfg = {**train.load_config([]), "data_dir": str(tmp_path), "dataset": "ab", "block_size": 16}
     a = prepare.load_meta(str(tmp_path / "ab"))["chars"].index("a")
     generator = torch.Generator().manual_seed(0)
-    limited = prepare.Data({**cfg, "train_tokens": 3000}, "train").random_batch(20_000, generator)
+    limited = prepare.Data({**cfg, "train_tokens": 3000}, "train")
+    limited = limited.windows(limited.random_starts(20_000, generator))
     assert (limited == a).all(), "a window reached past the first 3,000 tokens"
-    everything = prepare.Data(cfg, "train").random_batch(100, generator)
+    everything = prepare.Data(cfg, "train")
+    everything = everything.windows(everything.random_starts(100, generator))
     assert not (everything == a).all(), "without train_tokens, windows come from the whole split"
     train.train({**cfg, **TINY_RUN, "dataset": "ab", "block_size": 16, "train_tokens": 3000,
                  "out_dir": str(tmp_path / "run"), "max_iters": 4, "log_interval": 2, "eval_interval": 4})
@@ -296,6 +299,112 @@ def test_trainer_step_ema_warmup_and_stratified_t(tiny_data, float32):
     assert len(orders) > 10  # shuffled differently each time
 
 
+class HostReads(TorchDispatchMode):
+    """Records the operations that hand a tensor's value to Python (.item(), `if tensor`,
+    torch.equal): on a GPU, each one waits until the device has computed it."""
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+             torch.ops.aten.equal.default}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def tiny_trainer(tiny_data, graph, **overrides):
+    """A Trainer of TINY_RUN for graph "absorb", "uniform" or "ar" (the twin), on the CPU."""
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "ar": graph == "ar",
+           "graph": "absorb" if graph == "ar" else graph, **overrides}
+    torch.manual_seed(0)
+    diffusion = None if cfg["ar"] else get_graph(cfg["graph"], 28)
+    model = train.build_model(cfg, 29 if cfg["ar"] else diffusion.dim)
+    noise = None if cfg["ar"] else LogLinearNoise()
+    return train.Trainer(cfg, model, diffusion, noise, train.Data(cfg, "train"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform", "ar"])
+def test_trainer_step_never_reads_a_value(tiny_data, graph, float32):
+    """A training step reads no tensor's value on the host (on a GPU it would wait for the device,
+    and the next batch could not be drawn while the device computes), with gradient accumulation
+    and with a skipped step alike."""
+    run = tiny_trainer(tiny_data, graph, gradient_accumulation_steps=2)
+    with HostReads() as mode:
+        run.step()
+    assert mode.reads == [], f"Trainer.step read values: {mode.reads}"
+    real = run.net
+    run.net = lambda *batch: real(*batch) * float("nan")
+    with HostReads() as mode:
+        run.step()
+    assert mode.reads == [], f"a skipped Trainer.step read values: {mode.reads}"
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform", "ar"])
+def test_compiled_step_holds_the_loss_in_one_graph(tiny_data, graph, monkeypatch, float32):
+    """With compile on, torch.compile captures the network and its loss in one graph (fullgraph:
+    no graph break), whose output is the loss of each sequence, not the network's [B, L, V]; the
+    compiled bf16 steps give eager's losses. (A recording backend keeps this to seconds: inductor's
+    CPU code generation takes a minute; the CUDA tests compile for real.)"""
+    graphs, real_compile = [], torch.compile
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(torch, "compile", lambda net: real_compile(net, backend=recording, fullgraph=True))
+    losses = {}
+    for compiled in (False, True):
+        run = tiny_trainer(tiny_data, graph, dtype="bfloat16", compile=compiled)
+        losses[compiled] = torch.stack([run.step()[0] for _ in range(2)])
+    assert len(graphs) == 1, f"{len(graphs)} graphs: the loss was split from the network"
+    (output,) = [n for n in graphs[0].graph.nodes if n.op == "output"]
+    assert output.args[0][0].meta["example_value"].shape == (TINY_RUN["batch_size"],)
+    assert torch.allclose(losses[True], losses[False], rtol=1e-3)
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_counted(tiny_data, float32):
+    """Weights, EMA and AdamW's state stay as they were; the next finite step updates them all."""
+    run = tiny_trainer(tiny_data, "absorb")
+    run.step()
+    state = lambda: [t.clone() for t in [*run.model.parameters(), *run.ema_model.parameters(),
+                                         *[v for s in run.optimizer.state.values() for v in s.values()]]]
+    before, real = state(), run.net
+    run.net = lambda *batch: real(*batch) * float("nan")
+    run.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, state()))
+    assert (int(run.n_updates), int(run.n_skipped), run.iter_num) == (1, 1, 2)
+    run.net = real
+    run.step()
+    flat = lambda tensors: torch.cat([t.flatten().float() for t in tensors])
+    assert not torch.equal(flat(before), flat(state())) and int(run.n_updates) == 2
+    assert {int(s["step"]) for s in run.optimizer.state.values()} == {2}
+
+
+@pytest.mark.parametrize("graph", ["absorb", "ar"])
+def test_each_rank_reads_and_noises_only_its_rows(tiny_data, graph, monkeypatch):
+    """draw_step for rank r of 8 reads exactly its eighth of the global batch's windows (counted)
+    and returns its rows of what one process draws; the data generator moves alike in all."""
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "gradient_accumulation_steps": 8}
+    data, diffusion = train.Data(cfg, "train"), None if graph == "ar" else get_graph("absorb", 28)
+    read, real_windows = [], data.windows
+    monkeypatch.setattr(data, "windows", lambda starts: read.append(len(starts)) or real_windows(starts))
+    draw = lambda rank, world, g: train.draw_step(cfg, data, diffusion, LogLinearNoise(), g, rank, world)
+    one_generator = torch.Generator().manual_seed(5)
+    whole = draw(0, 1, one_generator)
+    assert read == [32]
+    read.clear()
+    parts = []
+    for rank in range(8):
+        generator = torch.Generator().manual_seed(5)
+        parts.append(draw(rank, 8, generator))
+        assert torch.equal(generator.get_state(), one_generator.get_state())
+    assert read == [4] * 8
+    for k, got in enumerate(zip(*parts)):
+        assert (whole[k] is None and got == (None,) * 8) or torch.equal(torch.cat(got), whole[k])
+
+
 def test_gradient_accumulation_matches_one_large_batch(tiny_data, float32):
     """Two micro-batches of 4 accumulated = one batch of 8: draw_step draws the same 8 windows, t
     and x_t for both, so the losses of 4 steps and the weights after them agree. Summing the
@@ -321,9 +430,10 @@ def test_random_windows_reach_the_last_token(tmp_path):
     prepare.write_dataset(str(tmp_path / "count"), {"train": [np.arange(6)], "val": [np.arange(4)],
                                                     "test": [np.arange(3)]}, meta)
     cfg = {**train.load_config([]), "data_dir": str(tmp_path), "dataset": "count", "block_size": 4}
-    windows = train.Data(cfg, "train").random_batch(200, torch.Generator().manual_seed(0))
+    random_windows = lambda data, n: data.windows(data.random_starts(n, torch.Generator().manual_seed(0)))
+    windows = random_windows(train.Data(cfg, "train"), 200)
     assert set(windows[:, 0].tolist()) == {0, 1, 2} and (windows.diff(dim=1) == 1).all()
-    assert train.Data(cfg, "val").random_batch(3, torch.Generator()).tolist() == [[0, 1, 2, 3]] * 3
+    assert random_windows(train.Data(cfg, "val"), 3).tolist() == [[0, 1, 2, 3]] * 3
     with pytest.raises(SystemExit, match="fewer than block_size = 4"):
         train.Data(cfg, "test")
 
@@ -473,123 +583,3 @@ def test_evaluator_is_loss_fn_plus_prior(tiny_data, float32):
             and result["bits"] == pytest.approx(nats.mean().item() / (32 * math.log(2)), rel=1e-6))
     assert result["bits_se"] == pytest.approx(nats.std().item() / math.sqrt(12) / (32 * math.log(2)),
                                               rel=1e-5)
-
-
-# ---------------------------------------------------------------- CUDA (python -m pytest -m cuda)
-
-def on_cuda(test):
-    """Marks a test `cuda` and skips it, saying why, where PyTorch sees no CUDA GPU."""
-    skip = pytest.mark.skipif(not torch.cuda.is_available(),
-                              reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-    return pytest.mark.cuda(skip(test))
-
-
-def cuda_step(model, x0, t, dtype):
-    """The mean DWDSE of a batch at fixed t and x_t and its gradients, under autocast `dtype`."""
-    graph, noise = Absorbing(model.config.vocab_size - 1), LogLinearNoise()
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(0)
-    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        loss = loss_fn(model, graph, noise, x0, t=t).mean()
-    loss.backward()
-    return loss.item(), torch.cat([p.grad.flatten().float() for p in model.parameters()
-                                   if p.grad is not None])
-
-
-def cuda_model_and_batch(batch=8, length=256, seed=0):
-    torch.manual_seed(seed)
-    model = randomized(tiny(vocab_size=28, n_embd=256, n_head=4, n_layer=4, cond_dim=64, block_size=length),
-                       std=0.05)
-    x0 = torch.randint(27, (batch, length), device="cuda")
-    return model.cuda().train(), x0, torch.rand(batch, device="cuda").clamp(min=0.05)
-
-
-@on_cuda
-def test_cuda_bf16_step_matches_float32(float32):
-    model, x0, t = cuda_model_and_batch()
-    loss32, grad32 = cuda_step(model, x0, t, torch.float32)
-    loss16, grad16 = cuda_step(model, x0, t, torch.bfloat16)
-    assert abs(loss16 - loss32) < 2e-2 * abs(loss32)
-    assert F.cosine_similarity(grad16, grad32, dim=0) > 0.99
-
-
-@on_cuda
-def test_cuda_compiled_step_matches_eager(float32):
-    model, x0, t = cuda_model_and_batch()
-    loss, grad = cuda_step(model, x0, t, torch.float32)
-    loss_c, grad_c = cuda_step(torch.compile(model), x0, t, torch.float32)
-    assert loss_c == pytest.approx(loss, rel=1e-4) and (grad_c - grad).norm() < 1e-3 * grad.norm()
-
-
-@on_cuda
-@pytest.mark.parametrize("causal", [False, True])
-def test_cuda_attention_matches_float32_softmax(causal, float32):
-    """M.attention on CUDA in bf16 (FlashAttention when flash-attn is installed, else SDPA)
-    against softmax(q k^T / sqrt(d)) v written out in float32."""
-    torch.manual_seed(0)
-    qkv = torch.randn(4, 128, 3, 8, 64, device="cuda")
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    logits = q @ k.transpose(-1, -2) / math.sqrt(64)
-    if causal:
-        logits = logits.masked_fill(torch.ones(128, 128, dtype=torch.bool, device="cuda").triu(1),
-                                    float("-inf"))
-    ref = (logits.softmax(-1) @ v).transpose(1, 2).reshape(4, 128, 512)
-    out = M.attention(qkv.bfloat16(), causal).float()
-    assert (out - ref).abs().max() < 3e-2 * ref.abs().max()
-
-
-@on_cuda
-def test_cuda_sampling_draws_in_float64(float32):
-    model = randomized(tiny(vocab_size=11), std=0.3).cuda()
-    graph, noise = Absorbing(10), LogLinearNoise()
-    assert device.draw_dtype(torch.device("cuda")) is torch.float64
-    for predictor, steps in (("analytic", 16), ("first_hitting", None)):
-        stats = {}
-        x = sample(model, graph, noise, (4, 8), steps, predictor, prompt={2: 5}, device="cuda", stats=stats)
-        assert x.is_cuda and (x < 10).all() and (x[:, 2] == 5).all()
-    assert stats["network_evals"] == 7
-
-
-@on_cuda
-def test_cuda_resume_restores_the_cuda_generator(tiny_data, tmp_path, float32):
-    """With dropout on, a resumed CUDA run follows the straight one (up to the float rounding of
-    CUDA kernels): restoring only the CPU generator would change every dropout mask."""
-    def run(out_dir, **kw):
-        train.train({**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "out_dir": str(out_dir),
-                     "device": "cuda", "max_iters": 6, "eval_interval": 3, "log_interval": 3, "dropout": 0.2,
-                     **kw})
-    run(tmp_path / "straight")
-    run(tmp_path / "stopped", max_iters=3)
-    run(tmp_path / "stopped", init_from="resume")
-    a, b = params(tmp_path / "straight")[0], params(tmp_path / "stopped")[0]
-    assert (a - b).norm() < 1e-5 * a.norm()
-
-
-@on_cuda
-def test_cuda_torchrun_nccl_trains(tiny_data, tmp_path):
-    cfg = {**TINY_RUN, "device": "cuda", "data_dir": tiny_data, "max_iters": 2, "eval_interval": 2,
-           "out_dir": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=1", "train.py", *[f"--{k}={v}" for k, v in cfg.items()]],
-                          cwd=HERE, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert params(tmp_path)[1]["iter_num"] == 2
-
-
-@on_cuda
-def test_cuda_owt_small_step_fits_an_80gb_card(float32):
-    """One bf16 training step at config/owt_small.py's per-GPU shape (32 x 1024 tokens, 50,258
-    outputs): its peak memory, with the weights, EMA and AdamW state, leaves headroom on 80 GB."""
-    cfg = train.load_config([str(HERE / "config" / "owt_small.py")])
-    torch.cuda.reset_peak_memory_stats()
-    model = train.build_model(cfg, 50258).cuda()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ema = copy.deepcopy(model).requires_grad_(False)  # held like train.py's: its memory counts
-    x0 = torch.randint(50257, (cfg["batch_size"], cfg["block_size"]), device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = loss_fn(model, Absorbing(50257), LogLinearNoise(), x0).mean()
-    loss.backward()
-    optimizer.step()
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"owt_small per-GPU step: peak {peak:.1f} GiB (batch {cfg['batch_size']} x {cfg['block_size']})")
-    assert torch.isfinite(loss) and ema.training and peak < 70

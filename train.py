@@ -14,9 +14,10 @@ With ar=True the same loop trains the autoregressive twin: the same network, cau
 noise, on the exact next-token likelihood (loss.ar_nll); the few lines where the two differ
 are what diffusion changes.
 
-Reproducibility: all randomness of the data (windows, t, x_t) comes from one CPU generator,
-identical on every rank; each rank keeps its slice of the global batch. So N processes and one
-process accumulating N micro-batches train on the same batches and agree up to float rounding
+Reproducibility: every random choice of the global batch (its windows, t, a seed per sequence
+for x_t) comes from one CPU generator, identical on every rank; each rank reads and noises only
+its own slice. So N processes and one process accumulating N micro-batches train on the same
+batches and agree up to float rounding
 (the order of the gradient sums differs). The checkpoint holds the data generator and every
 rank's own generators (CPU, and CUDA or MPS: dropout), so a resumed run with the same number
 of processes continues exactly where the device's kernels are deterministic (on the CPU with
@@ -33,9 +34,11 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import export, load, load_training_state, save_atomic
@@ -44,7 +47,7 @@ from device import (draw_dtype, fork_rng, peak_flops, pick_compile, pick_device,
                     set_rng_state)
 from evaluation import Log, evaluate, plot_losses, report
 from graph import get_graph
-from loss import ar_nll, bits_per_token, loss_fn, noised_batch
+from loss import ar_nll, bits_per_token, loss_fn, noised_batch, stratified_t
 from model import SEDD, SEDDConfig
 from noise import noise_config, noise_from_config
 from prepare import Data, fail, get_tokenizer
@@ -63,11 +66,14 @@ def lr_at(cfg, it):
     return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
-def update_ema(ema_model, model, n_updates, decay):
+def update_ema(ema_model, model, n_updates, applied, decay):
     """ema <- d ema + (1 - d) weights after the n-th update, d = min(decay, (1 + n) / (10 + n)):
-    the warm-up lets the EMA of a short run follow the weights instead of its initial value."""
-    d = min(decay, (1 + n_updates) / (10 + n_updates))
-    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1 - d)
+    the warm-up lets the EMA of a short run follow the weights instead of its initial value.
+    n_updates and applied (1, or 0 where the step was skipped: the EMA stays) are tensors on the
+    weights' device, so that the update never waits for the device to report them."""
+    weight = (1 - torch.clamp((1 + n_updates) / (10 + n_updates), max=decay)) * applied
+    ema, weights = list(ema_model.parameters()), list(model.parameters())
+    torch._foreach_add_(ema, torch._foreach_mul(torch._foreach_sub(weights, ema), weight))
 
 
 def build_model(cfg, vocab_size):
@@ -80,37 +86,82 @@ def build_model(cfg, vocab_size):
                            causal=cfg["ar"]))
 
 
-def draw_step(cfg, data, graph, noise, generator):
-    """One optimiser step's global batch, all on the CPU from one generator: windows x0, and for
-    diffusion Algorithm 1's noise times and noised x_t (loss.noised_batch); the autoregressive
-    twin (graph None) needs only x0."""
-    x0 = data.random_batch(cfg["batch_size"] * cfg["gradient_accumulation_steps"], generator)
+class Objective(nn.Module):
+    """The training loss of a batch, per sequence, as one module around the network: DDP wraps it
+    (averaging its gradients over the processes) and torch.compile compiles it whole, so the
+    full-vocabulary loss runs inside the compiled graph with the network."""
+
+    def __init__(self, model, graph, noise):
+        super().__init__()
+        self.model, self.graph, self.noise = model, graph, noise
+
+    def forward(self, x0, t=None, x_t=None):
+        if self.graph is None:  # the twin: the exact likelihood of the clean data, no noise at all
+            return ar_nll(self.model, x0, self.model.bos)
+        return loss_fn(self.model, self.graph, self.noise, x0, t=t, x_t=x_t)  # the DWDSE (Algorithm 1)
+
+
+def draw_step(cfg, data, graph, noise, generator, rank=0, world=1):
+    """This process's share of one optimiser step's global batch, on the CPU: its windows x0 and,
+    for diffusion, Algorithm 1's noise times t and noised x_t (the autoregressive twin, graph None,
+    needs only x0). Every random choice of the global batch comes from the one data generator,
+    which every process holds in the same state: the windows' starts, the stratified times
+    (loss.stratified_t) and a seed per sequence for its x_t (loss.noised_batch). So a process reads
+    and noises only its own rows, yet N processes train on the batches of one process accumulating
+    N micro-batches, and the generator moves the same way in every process."""
+    n = cfg["batch_size"] * cfg["gradient_accumulation_steps"]  # the global batch
+    starts = data.random_starts(n, generator)
+    mine = slice(rank * n // world, (rank + 1) * n // world)
+    x0 = data.windows(starts[mine])
     if graph is None:
         return x0, None, None
-    return x0, *noised_batch(graph, noise, x0, cfg["sampling_eps"], generator)
+    t = stratified_t(n, cfg["sampling_eps"], generator)[mine]
+    seeds = torch.randint(2**62, (n,), generator=generator)[mine]
+    return x0, t, noised_batch(graph, noise, x0, t, seeds)
 
 
 class Trainer:
     """A run's state (model, its EMA, AdamW, the data generator, counters) and its optimiser
-    step. train.py's loop and bench.py run this same step."""
+    step. train.py's loop and bench.py run this same step.
+
+    The step never waits for the device (a GPU): it reads no tensor's value (no .item(), no `if`
+    on a tensor), copies its batch from pinned memory without blocking, and skips a step whose
+    gradients are not finite on the device itself. So while the device computes one step, the CPU
+    already draws and sends the next batch."""
 
     def __init__(self, cfg, model, graph, noise, data, device, ddp=False, rank=0, world=1):
         self.cfg, self.model, self.graph, self.noise, self.data = cfg, model, graph, noise, data
-        self.rank, self.micro_steps = rank, cfg["gradient_accumulation_steps"] // world
+        self.device, self.rank, self.world = device, rank, world
+        self.micro_steps = cfg["gradient_accumulation_steps"] // world
         self.dtype = pick_dtype(cfg["dtype"], device)
         bf16 = self.dtype != torch.float32
         self.ctx = torch.autocast(device.type, dtype=self.dtype) if bf16 else nullcontext()
-        self.device = device
         model.to(device).train()  # train mode: dropout on (a pretrained model arrives in eval mode)
         self.ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+        # fused: one kernel for all parameters, which can skip a step on the device (found_inf below)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], eps=1e-8,
                                            betas=(cfg["beta1"], cfg["beta2"]),
-                                           weight_decay=cfg["weight_decay"])
-        # checkpoints save `model`, so the compiled wrapper's _orig_mod. prefix never reaches them
-        net = torch.compile(model) if pick_compile(cfg["compile"], device) else model
-        self.net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if ddp else net
+                                           weight_decay=cfg["weight_decay"], fused=True)
+        # DDP first, then torch.compile: the compiled graph is split at DDP's gradient buckets, so
+        # each bucket's all-reduce overlaps the rest of the backward pass. Checkpoints save `model`,
+        # so no wrapper's prefix (module., _orig_mod.) reaches them.
+        net = Objective(model, graph, noise)
+        if ddp:
+            net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.no_sync = net.no_sync if ddp else nullcontext  # DDP averages gradients only when needed
+        self.net = torch.compile(net) if pick_compile(cfg["compile"], device) else net
         self.generator = torch.Generator().manual_seed(cfg["seed"])  # data randomness: the same on every rank
-        self.iter_num = self.n_updates = self.n_skipped = 0
+        self.iter_num = 0
+        self.n_updates = torch.zeros((), device=device)  # counted on the device: never read in a step
+        self.n_skipped = torch.zeros((), device=device)
+
+    def to_device(self, x):
+        """A CPU batch on the device; to a GPU from pinned memory, without waiting for the copy."""
+        if x is None or self.device.type == "cpu":
+            return x
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
 
     def step(self):
         """One optimiser step; returns (this rank's mean loss of the batch, a tensor: the DWDSE, or
@@ -119,45 +170,44 @@ class Trainer:
         lr = lr_at(cfg, self.iter_num)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x0, t, x_t = draw_step(cfg, self.data, self.graph, self.noise, self.generator)
-        n = self.micro_steps * cfg["batch_size"]
-        mine = slice(self.rank * n, (self.rank + 1) * n)
-        x0 = x0[mine].to(self.device)
-        if not cfg["ar"]:
-            t, x_t = t[mine].to(self.device), x_t[mine].to(self.device)
-        loss_sum = 0.0
-        for micro, rows in enumerate(torch.arange(n).split(cfg["batch_size"])):
+        batch = draw_step(cfg, self.data, self.graph, self.noise, self.generator, self.rank, self.world)
+        batch = [self.to_device(x) for x in batch]
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.micro_steps):
+            rows = slice(micro * cfg["batch_size"], (micro + 1) * cfg["batch_size"])
             last = micro == self.micro_steps - 1  # DDP averages the gradients across ranks only then
-            with (nullcontext() if last or not isinstance(self.net, DDP) else self.net.no_sync()), self.ctx:
-                if cfg["ar"]:  # the twin: the exact likelihood of the clean data, no noise at all
-                    loss = ar_nll(self.net, x0[rows], self.model.bos)
-                else:  # diffusion: the DWDSE at one noise level per sequence (Algorithm 1)
-                    loss = loss_fn(self.net, self.graph, self.noise, x0[rows], t=t[rows], x_t=x_t[rows])
-                loss = loss.mean() / self.micro_steps
+            with (nullcontext() if last else self.no_sync()), self.ctx:
+                loss = self.net(*[x if x is None else x[rows] for x in batch]).mean() / self.micro_steps
             loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
-        if torch.isfinite(grad_norm):
-            self.optimizer.step()
-            self.n_updates += 1
-            update_ema(self.ema_model, self.model, self.n_updates, cfg["ema_decay"])
-        else:
-            self.n_skipped += 1  # non-finite gradients: skip the update, keep the count
+        # Non-finite gradients: skip the update and count it, decided on the device. The fused
+        # AdamW leaves weights, moments and step count as they are where found_inf is 1 (the
+        # attribute through which torch.amp.GradScaler hands it the same decision).
+        found_inf = (~torch.isfinite(grad_norm)).float()
+        self.optimizer.found_inf = found_inf
+        self.optimizer.step()
+        applied = 1 - found_inf
+        self.n_updates += applied
+        self.n_skipped += found_inf
+        update_ema(self.ema_model, self.model, self.n_updates, applied, cfg["ema_decay"])
         self.optimizer.zero_grad(set_to_none=True)
         self.iter_num += 1
         return loss_sum, lr
 
     def state_dict(self):
         return dict(model=self.model.state_dict(), ema=self.ema_model.state_dict(),
-                    optimizer=self.optimizer.state_dict(), iter_num=self.iter_num, n_updates=self.n_updates,
-                    n_skipped=self.n_skipped, data_rng=self.generator.get_state())
+                    optimizer=self.optimizer.state_dict(), iter_num=self.iter_num,
+                    n_updates=int(self.n_updates), n_skipped=int(self.n_skipped),
+                    data_rng=self.generator.get_state())
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.ema_model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.iter_num, self.n_updates = state["iter_num"], state["n_updates"]
-        self.n_skipped = state["n_skipped"]
+        self.iter_num = state["iter_num"]
+        self.n_updates.fill_(state["n_updates"])
+        self.n_skipped.fill_(state["n_skipped"])
         self.generator.set_state(state["data_rng"])
 
 
@@ -230,7 +280,9 @@ def setup_processes(cfg):
         fail(e)
     rank, world = 0, 1
     if ddp:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 alone evaluates, samples and writes the checkpoint (GBs at GPT-2 scale) while the
+        # others wait in their next all-reduce: NCCL's default 10 minutes could end the job then
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
         rank, world = dist.get_rank(), dist.get_world_size()
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -325,7 +377,8 @@ def train_loop(run, eval_data, ckpt, ddp, world):
             tokens_per_s = tokens_per_iter(cfg) * (run.iter_num - it_last) / (time.perf_counter() - t_last)
             mfu = run.model.estimate_flops_per_token() * tokens_per_s / world / peak
             train_bits = bits_per_token(loss_sum.item() / loss_iters, cfg["block_size"])
-            skipped = f", {run.n_skipped} skipped steps" if run.n_skipped else ""
+            n_skipped = int(run.n_skipped)
+            skipped = f", {n_skipped} skipped steps" if n_skipped else ""
             epochs = run.iter_num * tokens_per_iter(cfg) / run.data.n  # passes over the unique data
             repeats = f", {epochs:.2f} epochs of {run.data.n:,} tokens" if cfg["train_tokens"] else ""
             print(f"iter {run.iter_num}: loss {train_bits:.4f} bits/token, lr {lr:.2e}, "
@@ -358,6 +411,7 @@ def train(cfg):
     else:
         train_loop(run, eval_data, ckpt, ddp, world)
     if ddp:
+        dist.barrier()  # rank 0 may still be writing the last checkpoint: no process leaves before it
         dist.destroy_process_group()
 
 
