@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from contextlib import nullcontext, redirect_stdout
 
 import torch
@@ -41,7 +42,7 @@ from configurator import load_config, set_key, settings_help
 from device import draw_dtype, peak_flops, pick_compile, pick_device, pick_dtype
 from graph import get_graph
 from noise import get_noise
-from prepare import Data, fail, load_meta
+from prepare import TEXT8_CHARS, Data, fail
 from sampling import sample, sample_ar
 
 BENCH = dict(
@@ -53,7 +54,12 @@ BENCH = dict(
     sample_batch=8,
     sample_steps="1,4",    # step counts as multiples of block_size
     quality_iters=0,       # > 0: the val ELBO check after this many training steps
+    world=1,               # processes the global batch is split over, for the host's share of a step
 )
+
+# The vocabularies of datasets that bench.py can stand in for with random tokens when they are not
+# prepared: a step's speed does not depend on the text.
+VOCABULARIES = {"text8": len(TEXT8_CHARS), "openwebtext": 50257}  # GPT-2's BPE and its end of text
 
 
 def split_args(argv):
@@ -83,13 +89,43 @@ def make_step(cfg, data, graph, noise, device, dtype, compiled):
     """One variant's train.py step on a fresh model: returns step() and state_bytes() (its
     weights, EMA and AdamW moments: the memory that stays between steps)."""
     variant = {**cfg, "dtype": str(dtype)[6:], "compile": compiled}
-    run = train.Trainer(variant, build_model(cfg, graph), graph, noise, data, device)
+    diffusion = None if cfg["ar"] else graph  # the twin: no noise at all
+    run = train.Trainer(variant, build_model(cfg, graph), diffusion, noise, data, device)
 
     def state_bytes():
         opt_state = [v for s in run.optimizer.state.values() for v in s.values()]
         tensors = [*run.model.parameters(), *run.ema_model.parameters(), *opt_state]
         return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
     return run.step, state_bytes
+
+
+class RandomTokens:
+    """Stands in for an unprepared dataset in the training benchmark: windows of uniformly random
+    tokens of its vocabulary, with Data's interface."""
+
+    def __init__(self, n_tokens, block_size):
+        self.n_tokens, self.L = n_tokens, block_size
+
+    def random_starts(self, n, generator):
+        return torch.randint(1, (n,), generator=generator)  # moves the generator as Data does
+
+    def windows(self, starts):
+        return torch.randint(self.n_tokens, (len(starts), self.L))
+
+
+def time_host_share(cfg, bench, data, graph, noise, device, repeats=10):
+    """Seconds one of bench["world"] processes spends preparing its share of a step's global batch
+    on the CPU (train.draw_step: reading its windows, its t and x_t; on CUDA also the pinned
+    copy), the median of `repeats`: the work that must hide behind the device's step."""
+    trainer = types.SimpleNamespace(device=device)
+    times, generator = [], torch.Generator().manual_seed(cfg["seed"])
+    for _ in range(repeats):
+        start = time.perf_counter()
+        batch = train.draw_step(cfg, data, None if cfg["ar"] else graph, noise, generator, 0, bench["world"])
+        if device.type == "cuda":
+            batch = [train.Trainer.to_device(trainer, x) for x in batch]
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def sync(device):
@@ -141,9 +177,9 @@ def time_round_robin(variants, bench, device):
     return times, memory
 
 
-def bench_training(cfg, bench, device, graph, noise, peaks):
-    """The training table: tokens/s, speed-up over fp32, MFU and memory of each variant."""
-    data = Data(cfg, "train")
+def bench_training(cfg, bench, device, graph, noise, peaks, data):
+    """The training table: tokens/s, speed-up over fp32, MFU and memory of each variant; then the
+    host's share of a step."""
     L = cfg["block_size"]
     tokens = cfg["batch_size"] * cfg["gradient_accumulation_steps"] * L
     flops = build_model(cfg, graph).estimate_flops_per_token()
@@ -175,6 +211,14 @@ def bench_training(cfg, bench, device, graph, noise, peaks):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit
         print(f"peak mem on CPU: the resident set of the whole process (all variants together, ru_maxrss): "
               f"{rss:,.0f} MiB")
+    if bench["world"] <= cfg["gradient_accumulation_steps"] and cfg["gradient_accumulation_steps"] % bench["world"] == 0:
+        host = time_host_share(cfg, bench, data, graph, noise, device)
+        print(f"host share: one of {bench['world']} processes prepares its {tokens // bench['world']:,} tokens of "
+              f"the step in {1e3 * host:.1f} ms on the CPU (median of 10; with {torch.get_num_threads()} "
+              "threads), while the device computes the step before")
+    else:
+        print(f"host share: not measured, world={bench['world']} does not divide gradient_accumulation_steps="
+              f"{cfg['gradient_accumulation_steps']}")
 
 
 def bench_sampling(cfg, bench, device, graph, noise):
@@ -268,10 +312,20 @@ def main(argv):
     cfg = load_config(rest)
     try:
         device = pick_device(cfg["device"])
-        meta = load_meta(os.path.join(cfg["data_dir"], cfg["dataset"]))
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         fail(e)
-    graph, noise = get_graph(cfg["graph"], meta["n_tokens"]), get_noise(cfg["noise"])
+    prepared = os.path.exists(os.path.join(cfg["data_dir"], cfg["dataset"], "meta.json"))
+    if prepared or cfg["dataset"] not in VOCABULARIES:  # Data says how to prepare one that is not
+        data = Data(cfg, "train")
+        n_tokens = data.meta["n_tokens"]
+    else:
+        if bench["quality_iters"] > 0:
+            fail(f"--quality_iters trains and evaluates on {cfg['dataset']}: prepare it with prepare.py first")
+        n_tokens = VOCABULARIES[cfg["dataset"]]
+        data = RandomTokens(n_tokens, cfg["block_size"])
+        print(f"note: {cfg['data_dir']}/{cfg['dataset']} is not prepared: training on random tokens of its "
+              f"vocabulary ({n_tokens:,}); a step's speed does not depend on the text")
+    graph, noise = get_graph(cfg["graph"], n_tokens), get_noise(cfg["noise"])
     model = build_model(cfg, graph)
     print(f"bench.py {' '.join(argv)}\n{cfg['dataset']}: {cfg['n_layer']} layers, {cfg['n_embd']} hidden, "
           f"{cfg['n_head']} heads, length {cfg['block_size']}; {model.num_params():,} parameters; "
@@ -279,7 +333,7 @@ def main(argv):
                                 f", {torch.get_num_threads()} threads") + f"; torch {torch.__version__}")
     peaks = measure_peaks(device)
     start = time.perf_counter()
-    bench_training(cfg, bench, device, graph, noise, peaks)
+    bench_training(cfg, bench, device, graph, noise, peaks, data)
     print(f"({time.perf_counter() - start:.0f}s)")
     if bench["sample"]:
         start = time.perf_counter()
