@@ -529,12 +529,13 @@ def test_bench_runs_without_a_prepared_dataset(tmp_path, monkeypatch, capsys, fl
     """bench.py on a known dataset that is not prepared trains on random tokens of its vocabulary,
     says so in one line, and prints the host's share of a step for one of `world` processes."""
     monkeypatch.setattr(bench, "peak_flops", lambda device, dtype, repeats: 1e12)
-    tiny_model = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--cond_dim=16", "--block_size=32", "--batch_size=2"]
+    tiny_model = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--cond_dim=16", "--block_size=32", "--batch_size=1",
+                  "--gradient_accumulation_steps=8"]
     bench.main(["config/owt_small.py", f"--data_dir={tmp_path}", "--device=cpu", "--variants=fp32", "--rounds=1",
                 "--warmup=1", "--sample=False", "--world=8", *tiny_model])
     out = capsys.readouterr().out
     assert "openwebtext is not prepared: training on random tokens of its vocabulary (50,257)" in out
-    assert "host share: one of 8 processes prepares its 128 tokens" in out
+    assert "host share: one of 8 processes prepares its 32 tokens" in out
     with pytest.raises(SystemExit, match="--quality_iters trains and evaluates on text8: prepare it"):
         bench.main([f"--data_dir={tmp_path}", "--quality_iters=10"])
 
