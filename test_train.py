@@ -5,7 +5,6 @@ compiled loss. The CUDA path is tested in test_device.py. Tiny models and the ti
 come from testing.py.
 """
 import contextlib
-import copy
 import csv
 import math
 import os
@@ -17,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -26,17 +24,15 @@ import checkpoint
 import configurator
 import device
 import evaluation
-import model as M
 import prepare
 import sampling
 import train
-from graph import Absorbing, get_graph
+from graph import get_graph
 from loss import loss_fn
 from model import SEDD, SEDDConfig
 from noise import LogLinearNoise, noise_config
 from prepare import char_splits, proportional
-from sampling import sample
-from testing import TINY_RUN, randomized, tiny
+from testing import TINY_RUN, tiny
 
 HERE = Path(__file__).resolve().parent
 
