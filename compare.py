@@ -46,7 +46,7 @@ import torch
 
 import checkpoint
 import evaluation
-from device import pick_device
+from device import pick_device, pick_dtype
 from evaluation import dataset_words, real_word_rate, twin_perplexity, unigram_entropy
 from prepare import Data, fail, get_tokenizer, load_meta
 from progress import Progress, progress
@@ -115,6 +115,10 @@ def parse_args(argv):
     parser.add_argument("--span", type=int, default=64,
                         help="characters removed from the middle for infilling")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="the networks' autocast dtype for the likelihood and the samples, as in "
+                             "training (auto: bfloat16 where the device has bf16 units); the judge runs in "
+                             "float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curves", nargs="+", metavar="OUT_DIR",
                         help="instead of the three claims: the validation curves of these runs from their "
@@ -125,7 +129,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def likelihood(args, runs, data, device):
+def likelihood(args, runs, data, device, ctx):
     """Claim 1 (Table 2): each model's val bits per character on the same windows (SEDD: the ELBO,
     an upper bound; the twin: exact), then character n-gram models for scale. Table lines."""
     lines = ["## Likelihood", "", "| model | val bits per character | steps | training wall time |",
@@ -134,7 +138,7 @@ def likelihood(args, runs, data, device):
         batch_size = run["cfg"]["batch_size"]
         n_seqs = args.eval_seqs // batch_size * batch_size  # whole batches of the run's size
         result = evaluation.evaluate(run["model"], run["graph"], run["noise"], data, n_seqs, batch_size,
-                                     args.eval_n_t, run["cfg"]["seed"], device, contextlib.nullcontext())
+                                     args.eval_n_t, run["cfg"]["seed"], device, ctx)
         kind = "<=" if run["graph"] is not None else "="
         lines.append(f"| {name} | {kind} {result['bits']:.3f} +- {result['bits_se']:.3f} | "
                      f"{run['iters']:,} | {run['minutes']:.1f} min |")
@@ -172,7 +176,7 @@ def samplers(args, runs, shape, device):
     return draws
 
 
-def samples_against_compute(args, runs, windows, judge, vocabulary, decode, device):
+def samples_against_compute(args, runs, windows, judge, vocabulary, decode, device, ctx):
     """Claim 2 (Figure 1): each sampler's samples, from the same seed, scored by the judge, against
     their network evaluations; held-out windows scored the same way for scale. Returns the table
     lines and the points (label, network evaluations per sample, seconds, scores) for the plot."""
@@ -181,7 +185,8 @@ def samples_against_compute(args, runs, windows, judge, vocabulary, decode, devi
     for label, (updates, draw) in samplers(args, runs, (args.samples, L), device).items():
         torch.manual_seed(args.seed)
         stats, start = {}, time.perf_counter()
-        x = draw(stats, Progress(updates, label))
+        with ctx:
+            x = draw(stats, Progress(updates, label))
         seconds = time.perf_counter() - start
         points.append((label, stats["network_evals"], seconds,
                        score([decode(r) for r in x.tolist()], x, judge, vocabulary, device)))
@@ -196,7 +201,7 @@ def samples_against_compute(args, runs, windows, judge, vocabulary, decode, devi
     return lines, points
 
 
-def infilling(args, runs, windows, judge, vocabulary, decode, device):
+def infilling(args, runs, windows, judge, vocabulary, decode, device, ctx):
     """Claim 3 (Table 5): the middle --span characters of held-out windows removed; SEDD Absorb
     fills them seeing both sides (first hitting), the twin continues the prefix; every window is
     then scored whole by the judge, the span by its real words. Table lines."""
@@ -204,14 +209,16 @@ def infilling(args, runs, windows, judge, vocabulary, decode, device):
     lo, hi = (L - args.span) // 2, (L + args.span) // 2
     torch.manual_seed(args.seed)
     given = [i for i in range(L) if not lo <= i < hi]  # first hitting: one network call per missing one
-    filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), None,
-                                 "first_hitting", prompt={i: int(w[i]) for i in given}, device=device)[0]
-                          for w in progress(windows, "SEDD infilling, windows")])
+    with ctx:
+        filled = torch.stack([sample(absorb["model"], absorb["graph"], absorb["noise"], (1, L), None,
+                                     "first_hitting", prompt={i: int(w[i]) for i in given}, device=device)[0]
+                              for w in progress(windows, "SEDD infilling, windows")])
     torch.manual_seed(args.seed)
     continued = windows.clone()  # the twin's span after the true prefix, then the true suffix it cannot see
-    for row, w in progress(list(zip(continued, windows)), "twin continuations, windows"):
-        prefix = {i: int(w[i]) for i in range(lo)}
-        row[:hi] = sample_ar(twin["model"], (1, hi), prompt=prefix, device=device)[0]
+    with ctx:
+        for row, w in progress(list(zip(continued, windows)), "twin continuations, windows"):
+            prefix = {i: int(w[i]) for i in range(lo)}
+            row[:hi] = sample_ar(twin["model"], (1, hi), prompt=prefix, device=device)[0]
     lines = ["", f"## Infilling ({args.samples} val windows, characters {lo}-{hi - 1} removed)", "",
              "| model | sees | judge perplexity per character of the window | real words in the span |",
              "|---|---|---|---|"]
@@ -297,6 +304,10 @@ def main(argv=None):
         device = pick_device(args.device)
     except ValueError as e:
         fail(e)
+    network = pick_dtype(args.dtype, device)
+    ctx = torch.autocast(device.type, dtype=network, enabled=network != torch.float32)  # as in training
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # float32 matmuls (the judge) in TF32
     dirs = {"SEDD Absorb": args.absorb, "SEDD Uniform": args.uniform, "autoregressive twin": args.ar}
     runs = {name: load_run(out_dir, device) for name, out_dir in dirs.items() if out_dir}
     os.makedirs(args.out, exist_ok=True)
@@ -305,13 +316,14 @@ def main(argv=None):
     command = " ".join(["python compare.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [f"# SEDD beside its autoregressive twin ({data.meta['name']}, val split)", "",
              f"Command: `{command}`; checkpoints {', '.join(r['name'] for r in runs.values())}; "
-             f"judge {judge}; device {device}, torch {torch.__version__}.", ""]
-    lines += likelihood(args, runs, data, device)
+             f"judge {judge}; device {device}, networks in {str(network)[6:]}, torch {torch.__version__}.",
+             ""]
+    lines += likelihood(args, runs, data, device, ctx)
     vocabulary = set(dataset_words(args.data))
     _, decode = get_tokenizer(runs["SEDD Absorb"]["meta"])
     windows = data.eval_batches(args.samples, args.samples)[0]  # held-out text, evenly spread over val
-    table, points = samples_against_compute(args, runs, windows, judge, vocabulary, decode, device)
-    lines += table + infilling(args, runs, windows, judge, vocabulary, decode, device)
+    table, points = samples_against_compute(args, runs, windows, judge, vocabulary, decode, device, ctx)
+    lines += table + infilling(args, runs, windows, judge, vocabulary, decode, device, ctx)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(points, judge, os.path.join(args.out, "samples_vs_compute.png"))

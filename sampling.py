@@ -32,7 +32,9 @@ error. Tau-leaping with more steps than tokens spends most calls on steps that r
     python sampling.py --ckpt louaaron/sedd-small --steps 1024 --batch_size 8 --gen_ppl gpt2-large
     python sampling.py --ckpt out/text8_hour --steps 256 --batch_size 32 --real_words data/text8
 
-The CLI also measures sample quality with evaluation.py's judges (--gen_ppl, --real_words).
+The CLI also measures sample quality with evaluation.py's judges (--gen_ppl, --real_words). It
+runs the network in bf16 autocast where the device has bf16 units, as training does (--dtype);
+the samplers compute on its log-scores in float32 or wider and draw in float64, whatever it ran in.
 """
 import argparse
 import html
@@ -44,7 +46,7 @@ import sys
 import torch
 
 import checkpoint
-from device import draw_dtype, pick_device
+from device import draw_dtype, pick_device, pick_dtype
 from evaluation import dataset_words, generative_perplexity, real_word_rate, twin_perplexity, unigram_entropy
 from graph import Absorbing
 from prepare import fail, get_tokenizer
@@ -76,6 +78,53 @@ def sample_categorical(probs, dtype=torch.float64):
 
 
 
+def unmask(graph, log_score, x, rate, stay, dtype):
+    """A tau-leaping step of the absorbing graph in closed form, where only MASK can move: a masked
+    position goes to the real token y with weight rate * s_y, or stays MASK with weight
+    max(stay - rate * sum_y s_y, 0). Every other position keeps its token.
+
+    The draw is by inverse CDF: one uniform u per position, and the token whose interval of the
+    running sum of the weights holds u times their total; past the last real token, MASK (whose id,
+    n_tokens, is where searchsorted ends). One random number per position instead of one per token
+    (the exponential race of sample_categorical). The running sum is in `dtype` (float64) for the
+    reason sample_categorical gives: a float32 sum has steps of 6e-8 of the mass before a token, so
+    a token below that could never be drawn. The weights themselves are float32: each is off by at
+    most 6e-8 of itself, and float32 holds scores up to e^88 (the true absorbing score is at most
+    1 / (e^sigma_bar - 1): 1e5 at the last step). Every position is computed and torch.where keeps
+    the unmasked ones: picking out the masked ones would need their number on the host, a GPU sync
+    per step."""
+    s = log_score[..., : graph.mask].exp()
+    cum = s.to(dtype).cumsum_(-1)  # in place: the step's one float64 [B, L, n_tokens] tensor
+    # the weights over rate: s_y for a real y and max(stay / rate - sum_y s_y, 0) for MASK; their
+    # total is max(sum_y s_y, stay / rate)
+    total = torch.maximum(cum[..., -1], stay / rate)
+    u = torch.rand(x.shape, dtype=dtype, device=x.device)
+    drawn = torch.searchsorted(cum, (u * total).unsqueeze(-1), right=True).squeeze(-1)
+    return torch.where(x == graph.mask, drawn, x)
+
+
+def euler_step(graph, log_score, x, rate, dtype):
+    """Eq. 17: x^i moves to y != x^i with probability rate Q[x^i, y] s_y, rate = dsigma dt."""
+    if isinstance(graph, Absorbing):  # only MASK moves, to y at rate s_y: it stays with 1 - rate sum_y s_y
+        return unmask(graph, log_score, x, rate, 1.0, dtype)
+    score = log_score.exp()
+    return sample_categorical(graph.one_hot(x, score) + rate * graph.reverse_rate(x, score), dtype)
+
+
+def tweedie_step(graph, log_score, x, delta_sigma, dtype, to_clean=False):
+    """Eq. 19: x^i moves to y with probability (exp(-delta_sigma Q) s)_y exp(delta_sigma Q)[x^i, y].
+    to_clean: the final denoising step (Thm 4.1, delta_sigma = sigma_bar(eps)), which never outputs
+    MASK: MASK has no data mass, so its weight is dropped (~0 for the exact score, not for a learned
+    one)."""
+    if isinstance(graph, Absorbing):
+        # At a masked position Eq. 19 is (e^delta_sigma - 1) s_y for a real y, and
+        # s_MASK - (e^delta_sigma - 1) sum_y s_y for MASK (graph.py's two factors multiplied out)
+        stay = 0.0 if to_clean else log_score[..., graph.mask].to(dtype).exp()
+        return unmask(graph, log_score, x, torch.expm1(delta_sigma), stay, dtype)
+    # delta_sigma in the score's float32, or graph.py's factors would be made in float64
+    return sample_categorical(tweedie_probs(graph, log_score.exp(), x, delta_sigma.float()), dtype)
+
+
 def tweedie_probs(graph, score, x, delta_sigma):
     """Eq. 19: (exp(-delta_sigma Q) s)_y exp(delta_sigma Q)[x, y], per position. [B, L, dim]"""
     return graph.staggered_score(score, delta_sigma) * graph.transp_transition(x, delta_sigma)
@@ -95,7 +144,8 @@ def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, de
         sigma_bar(1) finite) nor the loss's sampling_eps (the smallest training t).
     prompt: {position: token} clamped in every sequence (prefix, suffix, middle, scattered);
         those positions come out bit-identical. See text_prompt for text.
-    dtype: of the probabilities and the categorical noise (float64: see sample_categorical).
+    dtype: of the time grid and the draws (float64: see sample_categorical); the probabilities
+        are float32, made from the network's log-scores.
     callback(step, x): called after each of the `steps` updates, e.g. to print progress.
     stats: a dict, filled with steps and network_evals (forward passes of the batch).
     With denoise=False the output may still hold MASK tokens.
@@ -113,29 +163,25 @@ def sample(model, graph, noise, shape, steps, predictor="analytic", eps=1e-5, de
         x[:, positions] = tokens
         return x
 
+    def log_scores(x, sigma):
+        # float32 from here on, whatever the network returned: bf16 keeps 8 bits of mantissa, so
+        # every ratio out of exp would be rounded by up to 0.4%, and sums over the vocabulary worse
+        return model(x, sigma.expand(B)).float()
+
     t = torch.linspace(1, eps, steps + 1, dtype=dtype, device=device)
     x = clamp(graph.sample_limit(B, L, device=device))
     for k in range(steps):
         sigma, dsigma = noise(t[k])
-        score = model(x, sigma.expand(B)).to(dtype).exp()
-        if predictor == "euler":
-            # Eq. 17: delta_x + dt Q_t(x, .) s with Q_t = dsigma Q (reverse_rate is at unit rate)
-            probs = graph.one_hot(x, score) + dsigma * (t[k] - t[k + 1]) * graph.reverse_rate(x, score)
+        if predictor == "euler":  # Q_t = dsigma Q over dt = t_k - t_{k+1}
+            x = euler_step(graph, log_scores(x, sigma), x, dsigma * (t[k] - t[k + 1]), dtype)
         else:
-            delta_sigma = (sigma - noise(t[k + 1])[0]).expand(B, 1)
-            probs = tweedie_probs(graph, score, x, delta_sigma)
-        x = clamp(sample_categorical(probs, dtype))
+            x = tweedie_step(graph, log_scores(x, sigma), x, sigma - noise(t[k + 1])[0], dtype)
+        x = clamp(x)
         if callback is not None:
             callback(k + 1, x)
-    if denoise:
-        # Thm 4.1 from sigma_bar(eps) to 0: the true denoiser for the exact score. MASK has no
-        # data mass, so its column is dropped (~0 for the exact score, not for a learned one).
-        sigma = noise(t[-1])[0].expand(B)
-        score = model(x, sigma).to(dtype).exp()
-        probs = tweedie_probs(graph, score, x, sigma[:, None])
-        if isinstance(graph, Absorbing):
-            probs = probs[..., : graph.mask]
-        x = clamp(sample_categorical(probs, dtype))
+    if denoise:  # Thm 4.1 from sigma_bar(eps) to 0: the true denoiser for the exact score
+        sigma = noise(t[-1])[0]
+        x = clamp(tweedie_step(graph, log_scores(x, sigma), x, sigma, dtype, to_clean=True))
     if stats is not None:
         stats.update(steps=steps, network_evals=steps + denoise)
     return x
@@ -266,7 +312,10 @@ class Watch:
     place at every step, MASK as '_' and the tokens this step changed (revealed, for the
     absorbing graph) in bold green; otherwise one line at each of `lines` evenly spaced steps,
     and with no lines a progress line (progress.Progress). frames: a list that collects the
-    first sample's tokens at every step (for svg_animation)."""
+    first sample's tokens at every step, as tensors on the sampler's device (for write_animation).
+
+    It reads the tokens on the host only at the steps it draws: a read waits for the device to
+    finish every step queued so far, so reading at every step would keep a GPU idle between steps."""
 
     def __init__(self, decode, blank, total, lines=8, live=False, stream=None, frames=None):
         self.decode, self.blank, self.total, self.live, self.frames = decode, blank, total, live, frames
@@ -277,12 +326,13 @@ class Watch:
 
     def __call__(self, step, x):
         self.progress(step)
-        ids, head = x[0].tolist(), f"step {step:>5}/{self.total}: "
         if self.frames is not None:
-            self.frames.append(ids)
+            self.frames.append(x[0].clone())  # a copy on the device: the sampler may update x in place
+        if not (self.live or step in self.shown):
+            return
+        ids, head = x[0].tolist(), f"step {step:>5}/{self.total}: "
         if not self.live:
-            if step in self.shown:
-                print(head + render(ids, self.decode, self.blank), file=self.stream)
+            print(head + render(ids, self.decode, self.blank), file=self.stream)
             return
         prev = self.prev or [self.blank] * len(ids)
         changed = lambda i: f"\033[1;32m{self.decode([i])}\033[0m"  # bold green
@@ -342,6 +392,10 @@ def parse_args(argv):
     parser.add_argument("--suffix", default="", help="text the samples end with")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="the network's autocast dtype, as in training: auto is bfloat16 where the "
+                             "device has bf16 units, else float32; the probabilities are float32 and the "
+                             "draws float64 either way")
     parser.add_argument("--show_steps", type=int, default=0,
                         help="print the first sample at this many intermediate steps")
     parser.add_argument("--animate", metavar="FILE.svg",
@@ -426,7 +480,9 @@ def draw_from_diffusion(args, model, graph, noise, shape, prompt, dtype, device,
 
 
 def write_animation(path, frames, last, decode, blank):
-    """--animate: the SVG of the first sample forming, ending on the sample itself."""
+    """--animate: the SVG of the first sample forming (Watch's frames, tensors), ending on the
+    sample itself."""
+    frames = [frame.tolist() for frame in frames]  # read after sampling, not during it
     if frames[-1:] != [last]:  # the final denoising step changes tokens after the last update
         frames.append(last)
     with open(path, "w") as f:
@@ -470,7 +526,10 @@ def main(argv=None):
     # read before sampling, so that a wrong directory fails at once
     vocabulary = read_vocabulary(args.real_words) if args.real_words else None
 
-    dtype, ar = draw_dtype(device), model.config.causal
+    draws, ar = draw_dtype(device), model.config.causal
+    network = pick_dtype(args.dtype, device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # float32 matmuls (--dtype float32, the judge) in TF32
     torch.manual_seed(args.seed)
     model.to(device)
     # shown as '_': MASK, or the twin's BOS in the positions not drawn yet
@@ -481,8 +540,10 @@ def main(argv=None):
     show = Watch(decode, blank, updates, args.show_steps or 8 * args.watch,
                  live=args.watch and sys.stdout.isatty(), frames=frames)
     shape = (args.batch_size, length)
-    x, how = (draw_from_twin(args, model, shape, prompt, dtype, device, show) if ar else
-              draw_from_diffusion(args, model, graph, noise, shape, prompt, dtype, device, show))
+    # the network in autocast as in training; the sampler takes its log-scores in float32
+    with torch.autocast(device.type, dtype=network, enabled=network != torch.float32):
+        x, how = (draw_from_twin(args, model, shape, prompt, draws, device, show) if ar else
+                  draw_from_diffusion(args, model, graph, noise, shape, prompt, draws, device, show))
 
     texts = [decode(row) for row in x.tolist()]
     if args.animate:
@@ -490,7 +551,8 @@ def main(argv=None):
     for i, text in enumerate(texts):
         print(f"---------- sample {i} ----------")
         print(text)
-    print(f"---------- {how}, dtype {str(dtype)[6:]}, device {device}")
+    print(f"---------- {how}, network in {str(network)[6:]}, draws in dtype {str(draws)[6:]}, "
+          f"device {device}")
     if args.gen_ppl:
         print_judge_scores(texts, x, args.gen_ppl, device)
     if args.real_words:

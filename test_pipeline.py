@@ -125,6 +125,55 @@ def test_watch_redraws_in_place_and_falls_back_to_lines():
     assert stream.getvalue() == "step     2/3: _b_\n"
 
 
+class Reads(torch.Tensor):
+    """Token ids that count how often they are read on the host (.tolist(), .item())."""
+    count = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.count += func in (torch.Tensor.tolist, torch.Tensor.item)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_watch_reads_the_tokens_only_when_it_draws():
+    """A read on the host waits for the device, so Watch reads x only at the steps it draws: each
+    of its `lines`, every step when live; the animation's frames stay tensors until sampling ends,
+    and a progress line reads nothing."""
+    decode = lambda ids: "".join("abc_"[i] for i in ids)
+    x = torch.tensor([[3, 1, 3]]).as_subclass(Reads)
+    for kw, reads in ((dict(lines=3), 3), (dict(lines=3, live=True), 20), (dict(lines=0, frames=[]), 0)):
+        Reads.count = 0
+        watch = sampling.Watch(decode, 3, 20, stream=io.StringIO(), **kw)
+        for step in range(1, 21):
+            watch(step, x)
+        assert Reads.count == reads, f"{Reads.count} reads for {kw}, not {reads}"
+    assert len(kw["frames"]) == 20
+
+
+def test_cli_runs_the_network_in_autocast(tmp_path, monkeypatch, capsys, float32):
+    """--dtype auto (the default): the network under bf16 autocast where the device has bf16 units
+    (mocked, so that any CPU says yes or no), float32 where it has none; --dtype float32 and
+    bfloat16 choose. The draws are float64 either way."""
+    SEDD(tiny(vocab_size=4, block_size=8)).save_pretrained(tmp_path, "absorb", {"type": "loglinear"})
+    meta = dict(name="abc", tokenizer="chars", chars="abc", n_tokens=3)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    seen, forward = [], SEDD.forward
+
+    def recording(self, *args):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return forward(self, *args)
+    monkeypatch.setattr(SEDD, "forward", recording)
+    argv = ["--ckpt", str(tmp_path), "--steps", "2", "--batch_size", "1", "--device", "cpu"]
+    for bf16_units, flags, expected in ((True, [], torch.bfloat16), (False, [], torch.float32),
+                                        (True, ["--dtype", "float32"], torch.float32),
+                                        (False, ["--dtype", "bfloat16"], torch.bfloat16)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_units)
+        seen.clear()
+        sampling.main(argv + flags)
+        assert seen == [expected] * 3, f"{flags} with bf16 units {bf16_units}: the network ran in {seen}"
+        assert f"network in {str(expected)[6:]}, draws in dtype float64" in capsys.readouterr().out
+
+
 class Terminal(io.StringIO):
     """stderr as a terminal, where progress lines are drawn."""
     def isatty(self):

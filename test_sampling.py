@@ -1,7 +1,7 @@
 """The samplers proven (sampling.py): Euler and Tweedie tau-leaping and infilling against the exact
 law of the sampler computed by enumeration, first hitting against the data law, the
-categorical draw in float64, and the autoregressive twin's sampler. Float64 by default
-(conftest.py); CPU only.
+categorical draw in float64, the steps' float32 arithmetic without host reads, and the
+autoregressive twin's sampler. Float64 by default (conftest.py); CPU only.
 """
 import inspect
 import math
@@ -249,17 +249,29 @@ def test_categorical_sampling_float64_and_float32():
     assert p32 < 0.5 * r.item()  # float32: the rare token wins ~3x too rarely (lower temperature)
 
 
-class FloatingDtypes(TorchDispatchMode):
-    """Records the dtype of every floating-point tensor that an operation makes."""
+class Made(TorchDispatchMode):
+    """Records every floating-point tensor that an operation makes, as (operation, dtype, shape),
+    and counts the reads of a value on the host, on which a GPU would make the host wait: .item(),
+    `if tensor`, and the selections by a boolean mask (their size is a count)."""
 
     def __init__(self):
         super().__init__()
-        self.seen = set()
+        self.tensors, self.host_reads = [], 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.seen |= {t.dtype for t in tree_flatten(out)[0] if torch.is_tensor(t) and t.is_floating_point()}
+        aten = torch.ops.aten
+        indexing = func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default)
+        masks = args[1] if indexing else []
+        self.host_reads += (func in (aten._local_scalar_dense.default, aten.nonzero.default)
+                            or any(i is not None and i.dtype == torch.bool for i in masks))
+        self.tensors += [(func.overloadpacket.__name__, t.dtype, t.shape) for t in tree_flatten(out)[0]
+                         if torch.is_tensor(t) and t.is_floating_point()]
         return out
+
+    @property
+    def dtypes(self):
+        return {dtype for _, dtype, _ in self.tensors}
 
 
 def test_categorical_draws_in_float64_from_the_global_generator(float32):
@@ -269,9 +281,30 @@ def test_categorical_draws_in_float64_from_the_global_generator(float32):
     rare (~2^-24 per entry) for a frequency test to see. The draw follows torch.manual_seed, as
     resumed runs and seeded samples need."""
     probs = torch.tensor([0.5, 0.25, 0.0, 0.25]).expand(4096, -1)
-    with FloatingDtypes() as made:
+    with Made() as made:
         drawn = sample_categorical(probs)
-    assert made.seen == {torch.float64}, f"the draw made {sorted(map(str, made.seen))} tensors, not float64 only"
+    assert made.dtypes == {torch.float64}, \
+        f"the draw made {sorted(map(str, made.dtypes))} tensors, not float64 only"
     assert drawn.dtype == torch.long and drawn.shape == (4096,) and not (drawn == 2).any()
     draw = lambda seed: (torch.manual_seed(seed), sample_categorical(probs))[1]
     assert torch.equal(draw(7), draw(7)) and not torch.equal(draw(7), draw(8))
+
+
+@pytest.mark.parametrize("predictor", ["analytic", "euler"])
+def test_absorbing_steps_in_float32_with_a_float64_draw_and_no_host_read(predictor):
+    """The network's log-scores, here bf16 as autocast may leave them, reach exp in float32; over the
+    vocabulary, the only float64 tensor of a step is the draw's running sum (see unmask); and no
+    step reads a value on the host, so a GPU runs the steps back to back."""
+    graph = Absorbing(40)
+    log_score = torch.randn(2, 8, graph.dim, dtype=torch.bfloat16)
+    model = lambda x, sigma: log_score.scatter(-1, x[..., None], 0.0)  # log 1 at the input token
+    with Made() as made:
+        x = sample(model, graph, LogLinearNoise(), (2, 8), 3, predictor)
+    assert (x < graph.mask).all()
+    vocabulary = [(op, dtype) for op, dtype, shape in made.tensors
+                  if shape[-1:] in ((graph.dim,), (graph.n_tokens,))]  # [B, L, dim] or without MASK
+    exp = {dtype for op, dtype in vocabulary if op == "exp"}
+    assert exp == {torch.float32}, f"exp of the log-scores in {exp}, not float32"
+    float64 = {op for op, dtype in vocabulary if dtype == torch.float64}
+    assert float64 and float64 <= {"_to_copy", "cumsum", "cumsum_"}, f"float64 over the vocabulary: {float64}"
+    assert made.host_reads == 0
