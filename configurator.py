@@ -48,6 +48,7 @@ DEFAULTS = dict(
     cond_dim=128,
     dropout=0.1,           # also replaces a pretrained model's rate when fine-tuning
     ar=False,              # True: the autoregressive twin: causal attention, no noise, next-token loss
+    ar_input_mask=0.0,     # the twin's training inputs masked at this rate, as SEDD's are (targets clean)
     # optimiser (paper / release)
     learning_rate=3e-4,
     max_iters=400_000,
@@ -150,6 +151,9 @@ def check_config(cfg):
     if cfg["train_tokens"] and cfg["train_tokens"] < cfg["block_size"]:
         fail(f"--train_tokens={cfg['train_tokens']} holds no window of block_size={cfg['block_size']} tokens "
              f"(0 trains on the whole split)")
+    if not 0 <= cfg["ar_input_mask"] < 1 or (cfg["ar_input_mask"] and not cfg["ar"]):
+        fail(f"--ar_input_mask={cfg['ar_input_mask']} must be in [0, 1) and is for the autoregressive twin "
+             f"(--ar=True); SEDD masks its inputs by its noise schedule")
     if cfg["ckpt_interval"] < 0:
         fail(f"--ckpt_interval must be 0 (checkpoint at evaluations only) or more, "
              f"not {cfg['ckpt_interval']}")

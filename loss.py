@@ -47,13 +47,13 @@ def stratified_t(n, sampling_eps=1e-3, generator=None):
     return sampling_eps + (1 - sampling_eps) * u[torch.randperm(n, generator=generator)]
 
 
-def noised_batch(graph, noise, x0, t, seeds):
-    """Algorithm 1's noised x_t ~ p_{t|0}(. | x0) at sigma_bar(t) for sequences x0 [B, L] with
-    their times t [B], each sequence drawn from a generator started at its own seed (seeds [B]):
-    a sequence's x_t is the same whichever batch, micro-batch or process draws it, so each process
+def noised_batch(graph, x0, sigma, seeds):
+    """Algorithm 1's noised x_t ~ p_{t|0}(. | x0) for sequences x0 [B, L] at their total noise
+    sigma [B], each sequence drawn from a generator started at its own seed (seeds [B]): a
+    sequence's x_t is the same whichever batch, micro-batch or process draws it, so each process
     of a distributed run noises only its own rows. On the CPU, where its seeds were drawn."""
-    sigma, generator = noise(t)[0][:, None], torch.Generator()
-    return torch.cat([graph.sample_transition(x0[i:i + 1], sigma[i:i + 1], generator.manual_seed(seed))
+    generator = torch.Generator()
+    return torch.cat([graph.sample_transition(x0[i:i + 1], sigma[i:i + 1, None], generator.manual_seed(seed))
                       for i, seed in enumerate(seeds.tolist())])
 
 
@@ -85,13 +85,16 @@ def elbo(model, graph, noise, x0, n_t=128):
     return torch.stack(estimates).mean(0) + prior_loss(graph, noise, x0.shape[1])
 
 
-def ar_nll(model, x0, bos):
+def ar_nll(model, x0, bos, seen=None):
     """The autoregressive twin's loss: the exact negative log-likelihood of each sequence [B] in
     nats, -sum_i log p(x^i | x^<i), in the same units as the ELBO (so bits per character and
     perplexity compare directly). The network reads [BOS, x^0, ..., x^(L-2)] and its output at
     position i is the law of x^i; BOS is the extra last id (where absorbing keeps MASK) and is
-    never a next token. Diffusion instead bounds -log p(x0) by a loss over noise levels."""
-    inputs = torch.cat([torch.full_like(x0[:, :1], bos), x0[:, :-1]], dim=1)
+    never a next token. Diffusion instead bounds -log p(x0) by a loss over noise levels.
+    seen: what the network reads in place of x0 (e.g. x0 with tokens masked, as SEDD's inputs
+    are, in training only); the targets stay x0."""
+    seen = x0 if seen is None else seen
+    inputs = torch.cat([torch.full_like(seen[:, :1], bos), seen[:, :-1]], dim=1)
     logits = model(inputs)[..., :bos]
     return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").sum(-1)
 

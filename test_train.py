@@ -28,7 +28,7 @@ import prepare
 import sampling
 import train
 from graph import get_graph
-from loss import loss_fn
+from loss import ar_nll, loss_fn
 from model import SEDD, SEDDConfig
 from noise import LogLinearNoise, noise_config
 from prepare import char_splits, proportional
@@ -401,6 +401,30 @@ def test_each_rank_reads_and_noises_only_its_rows(tiny_data, graph, monkeypatch)
         assert (whole[k] is None and got == (None,) * 8) or torch.equal(torch.cat(got), whole[k])
 
 
+def test_twin_with_masked_inputs(tiny_data):
+    """ar_input_mask: the twin reads its windows with each token replaced by BOS (MASK's id in the
+    absorbing graph) at that rate, and is scored on the clean tokens; at 0 it is the twin as ever:
+    its batch and its data generator's moves are the unmasked twin's."""
+    cfg = {**train.load_config([]), **TINY_RUN, "data_dir": tiny_data, "ar": True, "batch_size": 128,
+           "ar_input_mask": 0.5}
+    data, bos = train.Data(cfg, "train"), 28
+    x0, t, seen = train.draw_step(cfg, data, None, None, torch.Generator().manual_seed(0))
+    masked = seen != x0
+    assert t is None and (seen[masked] == bos).all() and (x0 != bos).all()
+    assert abs(masked.double().mean().item() - 0.5) < 4 * math.sqrt(0.25 / masked.numel())
+    logits = torch.randn(bos + 1, bos + 1, generator=torch.Generator().manual_seed(1))
+    chain = lambda inputs: logits[inputs]  # the law of each token given the one it reads before it
+    before = torch.cat([torch.full_like(seen[:, :1], bos), seen[:, :-1]], 1)
+    expected = -logits[before][..., :bos].log_softmax(-1).gather(-1, x0[..., None]).squeeze(-1).sum(-1)
+    assert torch.allclose(ar_nll(chain, x0, bos, seen=seen), expected)  # read masked, scored clean
+    twin = type("Chain", (torch.nn.Module,), dict(bos=bos, forward=lambda self, inputs: chain(inputs)))()
+    assert torch.allclose(train.Objective(twin, None, None)(x0, None, seen), expected)  # what training does
+    generator, clean = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    x0, t, seen = train.draw_step({**cfg, "ar_input_mask": 0.0}, data, None, None, generator)
+    assert seen is None and torch.equal(x0, data.windows(data.random_starts(128, clean)))
+    assert torch.equal(generator.get_state(), clean.get_state())
+
+
 def test_gradient_accumulation_matches_one_large_batch(tiny_data, float32):
     """Two micro-batches of 4 accumulated = one batch of 8: draw_step draws the same 8 windows, t
     and x_t for both, so the losses of 4 steps and the weights after them agree. Summing the
@@ -478,6 +502,8 @@ def test_training_reaches_the_entropy_of_a_known_source(graph, tmp_path, float32
     (["--n_embd=96", "--n_head=32"], "heads of even size"),
     (["--batch_size=0"], "--batch_size must be at least 1"),
     (["--init_from=checkpoint"], "init_from must be"),
+    (["--ar_input_mask=0.2"], r"is for the autoregressive twin \(--ar=True\)"),
+    (["--ar=True", "--ar_input_mask=1.0"], r"--ar_input_mask=1.0 must be in \[0, 1\)"),
     (["--device=tpu"], "unknown device 'tpu'"),
     pytest.param(["--device=cuda"], "no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA here")),

@@ -46,7 +46,7 @@ from configurator import load_config
 from device import (draw_dtype, fork_rng, peak_flops, pick_compile, pick_device, pick_dtype, rng_state,
                     set_rng_state)
 from evaluation import Log, evaluate, plot_losses, report
-from graph import get_graph
+from graph import Absorbing, get_graph
 from loss import ar_nll, bits_per_token, loss_fn, noised_batch, stratified_t
 from model import SEDD, SEDDConfig
 from noise import noise_config, noise_from_config
@@ -96,28 +96,35 @@ class Objective(nn.Module):
         self.model, self.graph, self.noise = model, graph, noise
 
     def forward(self, x0, t=None, x_t=None):
-        if self.graph is None:  # the twin: the exact likelihood of the clean data, no noise at all
-            return ar_nll(self.model, x0, self.model.bos)
+        if self.graph is None:  # the twin: the exact likelihood of the clean data (x_t: masked inputs)
+            return ar_nll(self.model, x0, self.model.bos, seen=x_t)
         return loss_fn(self.model, self.graph, self.noise, x0, t=t, x_t=x_t)  # the DWDSE (Algorithm 1)
 
 
 def draw_step(cfg, data, graph, noise, generator, rank=0, world=1):
     """This process's share of one optimiser step's global batch, on the CPU: its windows x0 and,
     for diffusion, Algorithm 1's noise times t and noised x_t (the autoregressive twin, graph None,
-    needs only x0). Every random choice of the global batch comes from the one data generator,
-    which every process holds in the same state: the windows' starts, the stratified times
-    (loss.stratified_t) and a seed per sequence for its x_t (loss.noised_batch). So a process reads
-    and noises only its own rows, yet N processes train on the batches of one process accumulating
-    N micro-batches, and the generator moves the same way in every process."""
+    needs only x0; with ar_input_mask its x_t is x0 masked at that rate, read in place of x0).
+    Every random choice of the global batch comes from the one data generator, which every process
+    holds in the same state: the windows' starts, the stratified times (loss.stratified_t) and a
+    seed per sequence for its x_t (loss.noised_batch). So a process reads and noises only its own
+    rows, yet N processes train on the batches of one process accumulating N micro-batches, and
+    the generator moves the same way in every process."""
     n = cfg["batch_size"] * cfg["gradient_accumulation_steps"]  # the global batch
     starts = data.random_starts(n, generator)
     mine = slice(rank * n // world, (rank + 1) * n // world)
     x0 = data.windows(starts[mine])
-    if graph is None:
+    if graph is None and not cfg["ar_input_mask"]:
         return x0, None, None
-    t = stratified_t(n, cfg["sampling_eps"], generator)[mine]
+    if graph is None:  # MASK of the absorbing graph is the twin's BOS id; masked with probability p
+        sigma = torch.full((n,), -math.log1p(-cfg["ar_input_mask"]))  # 1 - e^-sigma = p
+        graph, t = Absorbing(data.meta["n_tokens"]), None
+    else:
+        t = stratified_t(n, cfg["sampling_eps"], generator)
+        sigma = noise(t)[0]
+        t = t[mine]
     seeds = torch.randint(2**62, (n,), generator=generator)[mine]
-    return x0, t, noised_batch(graph, noise, x0, t, seeds)
+    return x0, t, noised_batch(graph, x0, sigma[mine], seeds)
 
 
 class Trainer:
