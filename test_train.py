@@ -285,6 +285,8 @@ def test_trainer_step_ema_warmup_and_stratified_t(tiny_data, float32):
         expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
     assert all(torch.allclose(e, p, rtol=1e-5, atol=1e-7)
                for e, p in zip(expected, run.ema_model.parameters()))
+    # an EMA that joined the autograd graph would keep every step's tensors alive: memory grows
+    assert not any(p.requires_grad or p.grad_fn for p in run.ema_model.parameters())
 
     generator, orders = torch.Generator().manual_seed(0), set()
     for _ in range(20):

@@ -66,6 +66,7 @@ def lr_at(cfg, it):
     return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
+@torch.no_grad()  # the EMA is no function of the weights to differentiate: no graph across steps
 def update_ema(ema_model, model, n_updates, applied, decay):
     """ema <- d ema + (1 - d) weights after the n-th update, d = min(decay, (1 + n) / (10 + n)):
     the warm-up lets the EMA of a short run follow the weights instead of its initial value.
