@@ -2,8 +2,8 @@
 quality (evaluation.py), the autoregressive twin as a judge, and compare.py.
 
 The proofs of the math are in test_sedd.py and test_sampling.py, the data in test_prepare.py, the
-training loop and the CUDA path in test_train.py; tiny models and the tiny run come from
-testing.py. CPU only, no network.
+optimiser step in test_step.py, the training loop in test_train.py and the CUDA path in
+test_device.py; tiny models and the tiny run come from testing.py. CPU only, no network.
 """
 import io
 import itertools

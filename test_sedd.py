@@ -6,7 +6,7 @@ Exact checks run in float64 (conftest.py's default for tests) against torch.lina
 brute-force enumeration of all sequences (length <= 3, <= 6 tokens). Statistical checks compare
 Monte Carlo averages with their exact values at a few standard errors, with fixed seeds. Models
 are float32: tests that build one take the float32 fixture. CPU only, no network. The pipeline is
-tested end to end in test_prepare.py, test_train.py and test_pipeline.py.
+tested end to end in test_prepare.py, test_step.py, test_train.py and test_pipeline.py.
 """
 import math
 
