@@ -30,7 +30,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from contextlib import nullcontext, redirect_stdout
 
 import torch
@@ -114,18 +113,17 @@ class RandomTokens:
 
 
 def time_host_share(cfg, bench, data, graph, noise, device, repeats=10):
-    """Seconds one of bench["world"] processes spends preparing its share of a step's global batch
-    on the CPU (train.draw_step: reading its windows, its t and x_t; on CUDA also the pinned
-    copy), the median of `repeats`: the work that must hide behind the device's step."""
-    trainer = types.SimpleNamespace(device=device)
+    """(seconds, tokens): what one of bench["world"] processes spends preparing its share of a
+    step's global batch on the CPU (train.draw_step: reading its windows, its t and x_t; then
+    train.to_device), the median of `repeats`: the work that must hide behind the device's step;
+    and the tokens of that share."""
     times, generator = [], torch.Generator().manual_seed(cfg["seed"])
     for _ in range(repeats):
         start = time.perf_counter()
         batch = train.draw_step(cfg, data, None if cfg["ar"] else graph, noise, generator, 0, bench["world"])
-        if device.type == "cuda":
-            batch = [train.Trainer.to_device(trainer, x) for x in batch]
+        batch = [train.to_device(x, device) for x in batch]
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), batch[0].numel()
 
 
 def sync(device):
@@ -212,8 +210,8 @@ def bench_training(cfg, bench, device, graph, noise, peaks, data):
         print(f"peak mem on CPU: the resident set of the whole process (all variants together, ru_maxrss): "
               f"{rss:,.0f} MiB")
     if bench["world"] <= cfg["gradient_accumulation_steps"] and cfg["gradient_accumulation_steps"] % bench["world"] == 0:
-        host = time_host_share(cfg, bench, data, graph, noise, device)
-        print(f"host share: one of {bench['world']} processes prepares its {tokens // bench['world']:,} tokens of "
+        host, share = time_host_share(cfg, bench, data, graph, noise, device)
+        print(f"host share: one of {bench['world']} processes prepares its {share:,} tokens of "
               f"the step in {1e3 * host:.1f} ms on the CPU (median of 10; with {torch.get_num_threads()} "
               "threads), while the device computes the step before")
     else:

@@ -128,6 +128,15 @@ def draw_step(cfg, data, graph, noise, generator, rank=0, world=1):
     return x0, t, noised_batch(graph, x0, sigma[mine], seeds)
 
 
+def to_device(x, device):
+    """A CPU batch (or None) on `device`; to a GPU from pinned memory, without waiting for the copy."""
+    if x is None or device.type == "cpu":
+        return x
+    if device.type == "cuda":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
+
 class Trainer:
     """A run's state (model, its EMA, AdamW, the data generator, counters) and its optimiser
     step. train.py's loop and bench.py run this same step.
@@ -163,14 +172,6 @@ class Trainer:
         self.n_updates = torch.zeros((), device=device)  # counted on the device: never read in a step
         self.n_skipped = torch.zeros((), device=device)
 
-    def to_device(self, x):
-        """A CPU batch on the device; to a GPU from pinned memory, without waiting for the copy."""
-        if x is None or self.device.type == "cpu":
-            return x
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        return x.to(self.device, non_blocking=True)
-
     def step(self):
         """One optimiser step; returns (this rank's mean loss of the batch, a tensor: the DWDSE, or
         the twin's NLL, in nats per sequence; the lr)."""
@@ -179,7 +180,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = draw_step(cfg, self.data, self.graph, self.noise, self.generator, self.rank, self.world)
-        batch = [self.to_device(x) for x in batch]
+        batch = [to_device(x, self.device) for x in batch]
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.micro_steps):
             rows = slice(micro * cfg["batch_size"], (micro + 1) * cfg["batch_size"])
