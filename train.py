@@ -166,6 +166,11 @@ class Trainer:
         if ddp:
             net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
         self.no_sync = net.no_sync if ddp else nullcontext  # DDP averages gradients only when needed
+        # The ranks' generator states are Python objects, gathered in a gloo group of their own: DDP
+        # holds its group to the end of the process, and a gloo thread that frees a Python object
+        # after the interpreter began to exit aborts it (SIGABRT); this group, with its threads, goes
+        # when the Trainer does
+        self.objects = dist.new_group(backend="gloo") if ddp else None
         self.net = torch.compile(net) if pick_compile(cfg["compile"], device) else net
         self.generator = torch.Generator().manual_seed(cfg["seed"])  # data randomness: the same on every rank
         self.iter_num = 0
@@ -220,12 +225,12 @@ class Trainer:
         self.generator.set_state(state["data_rng"])
 
 
-def gather(obj, ddp, world):
-    """[obj of rank 0, obj of rank 1, ...] on every rank (a list of one without torchrun)."""
-    if not ddp:
+def gather(obj, group, world):
+    """[obj of rank 0, obj of rank 1, ...] on every rank of group (a list of one without torchrun)."""
+    if group is None:
         return [obj]
     objs = [None] * world
-    dist.all_gather_object(objs, obj)
+    dist.all_gather_object(objs, obj, group=group)
     return objs
 
 
@@ -349,10 +354,10 @@ def tokens_per_iter(cfg):
     return cfg["batch_size"] * cfg["gradient_accumulation_steps"] * cfg["block_size"]
 
 
-def train_loop(run, eval_data, ckpt, ddp, world):
+def train_loop(run, eval_data, ckpt):
     """Steps until max_iters; an evaluation every eval_interval iterations and at the end, a
     checkpoint at each evaluation and every ckpt_interval iterations, a log row every log_interval."""
-    cfg, device, master = run.cfg, run.device, run.rank == 0
+    cfg, device, master, world = run.cfg, run.device, run.rank == 0, run.world
     peak = peak_flops(device, run.dtype) if master else 1.0
     log = None
     resumed_at = run.iter_num if ckpt is not None else None  # checkpointed there, after any evaluation
@@ -372,7 +377,7 @@ def train_loop(run, eval_data, ckpt, ddp, world):
         evaluating = (it % cfg["eval_interval"] == 0 or it == cfg["max_iters"]) and it != resumed_at
         saving = evaluating or (cfg["ckpt_interval"] and it % cfg["ckpt_interval"] == 0 and it != resumed_at)
         if saving:
-            rngs = gather(rng_state(device), ddp, world)  # before any evaluation draws
+            rngs = gather(rng_state(device), run.objects, world)  # before any evaluation draws
             if master and evaluating:
                 evaluate_and_log(run, eval_data, log, it, start)
             if master:  # after the log rows up to `it`, which the line-buffered log has saved
@@ -418,9 +423,9 @@ def train(cfg):
                               cfg["batch_size"], cfg["eval_n_t"], cfg["seed"], device, run.ctx)
             print(report(result, eval_data.meta, cfg["eval_split"]))
     else:
-        train_loop(run, eval_data, ckpt, ddp, world)
+        train_loop(run, eval_data, ckpt)
     if ddp:
-        dist.barrier()  # rank 0 may still be writing the last checkpoint: no process leaves before it
+        dist.barrier(group=run.objects)  # rank 0 may still be writing the last checkpoint
         dist.destroy_process_group()
 
 
