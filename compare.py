@@ -26,9 +26,10 @@ below is what diffusion changes. Three claims of the paper, each on text8's vali
 
 Where diffusion wins (`--curves`): the validation curves of any runs from their log.csv, against
 training tokens (how the gap moves with compute) or, with --epochs, against passes over limited
-unique data (train.py --train_tokens: the twin overfits, diffusion's masking acts as augmentation):
+unique data (train.py --train_tokens: the twin overfits unless regularised, and diffusion's masking
+acts as augmentation, as --ar_input_mask does for the twin):
 
-    python compare.py --curves out/text8_repeat out/text8_repeat_ar --epochs --png assets/repeated_data.png
+    python compare.py --curves out/text8_scarce out/text8_scarce_ar* --epochs --png assets/repeated_data.png
 
 matplotlib draws the plots (pip install matplotlib); without it the tables are still written
 (--curves prints its table, then stops).
